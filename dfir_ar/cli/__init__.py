@@ -1,0 +1,1 @@
+"""The dfir-ar command line: one module per command group, imported only when used."""

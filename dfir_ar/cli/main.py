@@ -1,0 +1,86 @@
+"""Entry point: a click group whose subcommands live in their own modules and load lazily, so
+``dfir-ar --help`` does not import scapy, yara or boto3.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from dfir_ar import __version__
+from dfir_ar.errors import DfirArError
+
+# name -> (module, attribute, one-line help shown in --help without importing the module)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "serve": ("dfir_ar.cli.serve", "serve", "Run local mode: alerts in, responses and evidence out."),
+    "run": ("dfir_ar.cli.run", "run", "Trigger a response or collection by hand."),
+    "simulate": ("dfir_ar.cli.simulate", "simulate", "Show what alerts would fire, and why not."),
+    "config": ("dfir_ar.cli.config", "config", "Check a config, or import an ossec.conf."),
+    "blocks": ("dfir_ar.cli.blocks", "blocks", "List or release active stateful responses."),
+    "plugins": ("dfir_ar.cli.plugins", "plugins", "List responders and collectors, or show one."),
+    "bundles": ("dfir_ar.cli.bundles", "bundles", "List, fetch, verify evidence bundles."),
+    "keys": ("dfir_ar.cli.keys", "keys", "Generate the ed25519 key that signs bundles."),
+    "wazuh-ar": ("dfir_ar.cli.wazuh_ar", "wazuh_ar", "Act as a Wazuh active-response executable."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module = importlib.import_module(spec[0])
+        command = getattr(module, spec[1])
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, spec[2]) for name, spec in sorted(COMMANDS.items())])
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and name not in COMMANDS and not name.startswith("-"):
+            import difflib
+
+            close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+            hint = f' Did you mean "{close[0]}"?' if close else ""
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dfir-ar")
+def cli() -> None:
+    """dfir-ar: contain attackers for a while and capture the evidence, from security alerts.
+
+    \b
+    Local mode on one host:     dfir-ar serve -c examples/local.toml
+    What would an alert do?     dfir-ar simulate -c CONFIG alerts.json
+    Block by hand for 10 min:   dfir-ar run firewall-drop --local --srcip 203.0.113.7 --timeout 600
+    What is blocked now?        dfir-ar blocks list
+    """
+
+
+def main(argv: list[str] | None = None) -> Any:
+    try:
+        return cli.main(args=argv, prog_name="dfir-ar", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except DfirArError as exc:
+        click.echo(f"dfir-ar: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
