@@ -59,8 +59,10 @@ def parse_network(value: str) -> IPNetwork:
         if "/" in value:
             return ipaddress.ip_network(value, strict=True)
         return ipaddress.ip_network(parse_ip(value))
-    except (ValueError, InvalidAddress) as exc:
-        raise InvalidAddress(f"{value!r} is not an address or CIDR block: {exc}") from None
+    except (ValueError, InvalidAddress):
+        raise InvalidAddress(
+            f"{value!r} is not an IP address or a CIDR block with zero host bits"
+        ) from None
 
 
 def parse_username(value: object) -> str:

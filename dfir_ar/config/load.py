@@ -62,7 +62,7 @@ def suggest(word: str, choices: Sequence[str]) -> str:
 
 def _where(path: Path, loc: Sequence[int | str]) -> str:
     """Turn a pydantic error location into ``file, [[block]] #n, key``."""
-    parts = [str(path.name)]
+    parts = [str(path)]
     items = list(loc)
     if items and items[0] == "global_":
         items[0] = "global"
@@ -162,10 +162,12 @@ def _cross_check(
 ) -> Config:
     from dfir_ar.registry import load_registry
 
-    name = path.name
+    name = str(path)
     registry = load_registry() if check_plugins else None
     seen: set[str] = set()
+    commands: list[CommandConfig] = []
     for i, cmd in enumerate(config.command, 1):
+        commands.append(cmd)
         where = f"{name}, [[command]] #{i} ({cmd.name})"
         if cmd.name in seen:
             errors.append(f"{where}, name: defined twice; command names must be unique")
@@ -174,6 +176,17 @@ def _cross_check(
             continue
         info = registry.get(cmd.executable)
         if info is not None:
+            if not info.available:
+                errors.append(
+                    f'{where}, executable = "{cmd.executable}": the {info.kind} is unavailable '
+                    f"here: {info.error}"
+                )
+                continue
+            if not cmd.expect and info.cls is not None and info.cls.expects:
+                # Wazuh >= 4.2 ignores <expect>: the plug-in declares what it needs.
+                commands[-1] = cmd.model_copy(
+                    update={"expect": tuple(str(a) for a in info.cls.expects)}
+                )
             if info.kind == "collector" and info.cls is not None:
                 from dfir_ar.collector import Collector
 
@@ -190,6 +203,7 @@ def _cross_check(
                 f'{where}, executable = "{cmd.executable}": no plug-in with that name and no file '
                 f"{script}{suggest(cmd.executable, plugins)}"
             )
+    config = config.model_copy(update={"command": tuple(commands)})
     names = [c.name for c in config.command]
     fixed_ars = []
     for i, ar in enumerate(config.active_response, 1):

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dfir_ar.errors import InvalidAddress
 from dfir_ar.validate import parse_network
 
 
@@ -78,7 +79,10 @@ class GlobalConfig(Strict):
     @classmethod
     def _white_list(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for entry in value:
-            parse_network(entry)
+            try:
+                parse_network(entry)
+            except InvalidAddress as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @property
