@@ -6,6 +6,7 @@ progress. It returns how it ended; the bundle records that in the manifest.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -46,7 +47,8 @@ class ArtifactWriter(Protocol):
     def size(self) -> int: ...
 
 
-class ByteCapReached(Exception):  # noqa: N818 - a signal, not a failure
+class ByteCapReached(Exception):
+    # Named for what happened (a signal to stop), not as an error.
     """The collection's byte cap was hit; the collector stops and reports PARTIAL."""
 
 
@@ -184,7 +186,7 @@ def _convert(spec: OptionSpec, raw: str, owner: str, current: Any) -> Any:
             return int(raw, 10)
         if spec.type is float:
             value = float(raw)
-            if value != value or value in (float("inf"), float("-inf")):
+            if not math.isfinite(value):
                 raise ValueError(raw)
             return value
         return str(raw)

@@ -60,7 +60,9 @@ class Registry:
         return info.cls
 
 
-def _load(group: str, kind: str, base: type) -> dict[str, PluginInfo]:
+def _load(
+    group: str, kind: str, base: type[Responder] | type[Collector]
+) -> dict[str, PluginInfo]:
     found: dict[str, PluginInfo] = {}
     for ep in entry_points(group=group):
         try:
@@ -73,12 +75,13 @@ def _load(group: str, kind: str, base: type) -> dict[str, PluginInfo]:
                 ep.name, kind, ep.value, None, f"{ep.value} is not a {base.__name__} subclass"
             )
             continue
+        plugin: type[Responder] | type[Collector] = cls
         error = ""
         try:
-            cls.check_compatible()
+            plugin.check_compatible()
         except PluginUnavailable as exc:
             error = str(exc)
-        found[ep.name] = PluginInfo(ep.name, kind, ep.value, cls, error)
+        found[ep.name] = PluginInfo(ep.name, kind, ep.value, plugin, error)
     return found
 
 

@@ -20,7 +20,7 @@ MAX_FIELD = 256
 # POSIX portable user names plus the '@' and '.' seen in directory-backed accounts.
 # No leading '-' (would read as an option), no '..', no '/', no whitespace, no shell metacharacters.
 _USERNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,63}\$?$")
-_DOTTED_QUAD = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
+_DOTTED_QUAD = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:@/=+-]{1,256}$")
 
 

@@ -206,33 +206,34 @@ def _cross_check(
     config = config.model_copy(update={"command": tuple(commands)})
     names = [c.name for c in config.command]
     fixed_ars = []
-    for i, ar in enumerate(config.active_response, 1):
+    for i, binding in enumerate(config.active_response, 1):
+        ar = binding
         where = f"{name}, [[active_response]] #{i}"
-        cmd = config.command_named(ar.command)
-        if cmd is None:
+        bound = config.command_named(ar.command)
+        if bound is None:
             errors.append(
                 f'{where}, command = "{ar.command}": no [[command]] with that name'
                 f"{suggest(ar.command, names)}"
             )
             fixed_ars.append(ar)
             continue
-        if ar.timeout and not cmd.timeout_allowed:
+        if ar.timeout and not bound.timeout_allowed:
             if config.global_.matching is Matching.OSSEC:
                 errors.append(
-                    f"{where}, timeout: command {cmd.name!r} has timeout_allowed = false; "
+                    f"{where}, timeout: command {bound.name!r} has timeout_allowed = false; "
                     "set timeout_allowed = true on the command or remove the timeout"
                 )
             else:
                 warnings.append(
-                    f"{where}, timeout: command {cmd.name!r} has timeout_allowed = false; "
+                    f"{where}, timeout: command {bound.name!r} has timeout_allowed = false; "
                     "the timeout is ignored (Wazuh behaviour)"
                 )
                 ar = ar.model_copy(update={"timeout": None})
-        if not ar.apply_white_list and cmd.expects_srcip and registry is not None:
-            info = registry.get(cmd.executable)
+        if not ar.apply_white_list and bound.expects_srcip and registry is not None:
+            info = registry.get(bound.executable)
             if info is None or info.kind == "responder":
                 errors.append(
-                    f"{where}, apply_white_list = false: command {cmd.name!r} contains by srcip; "
+                    f"{where}, apply_white_list = false: command {bound.name!r} contains by srcip; "
                     "the white list can only be waived for collectors and non-IP responses"
                 )
         fixed_ars.append(ar)
