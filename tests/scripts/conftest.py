@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dfir_ar.alert import Alert
-from dfir_ar.config.models import CommandConfig
+from dfir_ar.config.models import CommandConfig, Protocol
 from dfir_ar.responder import Request, ResponderContext, Target
 from responders.external import ExternalScript
 
@@ -101,8 +101,8 @@ def make_responder(
     command = CommandConfig(
         name="custom",
         executable=executable,
-        protocol=protocol,
-        deadline=deadline,  # type: ignore[arg-type]
+        protocol=Protocol(protocol),
+        deadline=deadline,
     )
     return ExternalScript.for_command(
         command, ar_dir, ResponderContext(state_dir=tmp_path / "state"), key_active, node="node01"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -78,6 +79,16 @@ read -r ANSWER
 printf '%s\\n' "$ANSWER" > "$LOG/answer"
 exit 0
 """
+
+
+def recorder(seen: list[str]) -> Callable[[str], bool]:
+    """A key_active that records what it was asked and answers "not active"."""
+
+    def key_active(key: str) -> bool:
+        seen.append(key)
+        return False
+
+    return key_active
 
 
 def lines(path: Path) -> list[str]:
@@ -212,7 +223,7 @@ def test_wazuh_shell_script_keys_joined_like_execd(
 ) -> None:
     write_script("sh-drop", WAZUH_SH_SCRIPT.format(log=log_dir))
     asked: list[str] = []
-    responder = make_responder(ar_dir, tmp_path, "sh-drop", key_active=lambda k: asked.append(k) or False)
+    responder = make_responder(ar_dir, tmp_path, "sh-drop", key_active=recorder(asked))
     state = responder.add(request_for())
     assert asked == ["k1-k2"]
     assert state["keys"] == ["k1", "k2"]
@@ -300,7 +311,7 @@ def test_stateless_script_without_check_keys(
 ) -> None:
     write_script("notify", f"#!/bin/sh\nread -r LINE\nprintf '%s\\n' \"$LINE\" > {log_dir}/in\n")
     called: list[str] = []
-    responder = make_responder(ar_dir, tmp_path, "notify", key_active=lambda k: bool(called.append(k)))
+    responder = make_responder(ar_dir, tmp_path, "notify", key_active=recorder(called))
     state = responder.add(request_for())
     assert state["keys"] == [] and called == []
     assert json.loads((log_dir / "in").read_text())["command"] == "add"
