@@ -1,0 +1,91 @@
+"""`dfir-ar bundles`: verify evidence bundles here; list/get/url (remote) are added from
+dfir_ar/cli/bundles_remote.py when that module exists (see ``_add_remote_commands``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from dfir_ar.cli.common import config_option, json_option, print_json
+from dfir_ar.errors import VerificationFailed
+
+
+@click.group("bundles")
+def bundles() -> None:
+    """Find, fetch and verify evidence bundles (<bundle_id>.tar.zst)."""
+
+
+def _default_key(config_file: Path | None) -> Path | None:
+    """evidence.verify_key from the config, when a config was named (-c or $DFIR_AR_CONFIG):
+    verifying a downloaded file must not require a config on the analyst's laptop."""
+    if config_file is None and not os.environ.get("DFIR_AR_CONFIG"):
+        return None
+    from dfir_ar.cli.common import load
+
+    return load(config_file, check_plugins=False).config.evidence.verify_key
+
+
+@bundles.command("verify")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ed25519 public key (signing.pub). Default: evidence.verify_key of -c CONFIG.")
+@click.option("--allow-unsigned", is_flag=True,
+              help="With a key, accept bundles that carry no signature.")
+@config_option
+@json_option
+def verify(files: tuple[Path, ...], key: Path | None, allow_unsigned: bool,
+           config_file: Path | None, as_json: bool) -> None:
+    """Check every artifact's SHA-256 and size, the archive's integrity and the signature.
+
+    \b
+    Exit status 0 when every FILE verifies, 7 when any fails; each failure is named.
+    Examples:
+      dfir-ar bundles verify 01J9Z3W0K6V8E3QF4M2N7R5T1A.tar.zst --key signing.pub
+      dfir-ar bundles verify --json ready/*.tar.zst
+    """
+    from dfir_ar.evidence.verify import verify_bundle
+
+    key = key or _default_key(config_file)
+    reports = [verify_bundle(f, key, allow_unsigned=allow_unsigned) for f in files]
+    if as_json:
+        print_json([r.to_json() for r in reports])
+    else:
+        for r in reports:
+            m = r.manifest
+            label = m.bundle_id if m else r.path.name
+            if r.ok:
+                assert m is not None
+                click.echo(
+                    f"OK    {label}  collection {m.status.value}, {r.artifacts_checked} artifacts, "
+                    f"{r.bytes_checked} bytes checked, signature {r.signature}"
+                )
+            else:
+                click.echo(f"FAIL  {label}  ({r.path})")
+                for problem in r.problems:
+                    click.echo(f"      - {problem}")
+            for note in r.notes:
+                click.echo(f"      note: {note}")
+    failed = sum(not r.ok for r in reports)
+    if failed:
+        raise VerificationFailed(f"{failed} of {len(reports)} bundle(s) failed verification")
+
+
+def _add_remote_commands() -> None:
+    """The storage side (list, get, url) lives in dfir_ar/cli/bundles_remote.py, which exports
+    ``COMMANDS: list[click.Command]``; they join this group here."""
+    import importlib
+
+    try:
+        bundles_remote = importlib.import_module("dfir_ar.cli.bundles_remote")
+    except ModuleNotFoundError as exc:
+        if exc.name != "dfir_ar.cli.bundles_remote":
+            raise
+        return
+    for command in bundles_remote.COMMANDS:
+        bundles.add_command(command)
+
+
+_add_remote_commands()
