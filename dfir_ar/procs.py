@@ -5,16 +5,41 @@ session so a deadline kills the whole process group (SIGTERM, then SIGKILL after
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from dfir_ar.errors import DeadlineExceeded, ExecutionError
 
 KILL_GRACE = 2.0
+
+# The executor's per-execution deadline (monotonic seconds). A plug-in passes its own timeout to
+# run(); inside an execution that timeout is clamped so no child outlives the execution's deadline.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "dfir_ar_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def deadline_scope(at: float) -> Iterator[None]:
+    """Within this block, every run() ends (its group killed) by monotonic time ``at``."""
+    token = _DEADLINE.set(at)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def remaining(default: float) -> float:
+    """Seconds left before the current execution's deadline (``default`` outside one)."""
+    at = _DEADLINE.get()
+    if at is None:
+        return default
+    return max(0.0, min(default, at - time.monotonic()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +118,7 @@ def run(
     exits non-zero; the error message carries the command's stderr.
     """
     start = time.monotonic()
+    timeout = remaining(timeout)
     proc = spawn(argv, env=env, cwd=cwd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL)
     try:
         out, err = proc.communicate(input=input, timeout=timeout)

@@ -1,0 +1,157 @@
+"""What every execution leaves behind for people and for the SIEM.
+
+``active-responses.log`` keeps Wazuh's >= 4.2 line format exactly, because Wazuh re-reads that file
+and raises rules 650-658 from it (651/652: firewall-drop add/delete):
+``YYYY/MM/DD HH:MM:SS active-response/bin/<name>: <message>`` with the messages ``Starting``, the
+input JSON, ``Ended`` or ``Aborted``. Neither OSSEC nor Wazuh records whether the action worked, so
+``audit.jsonl`` beside it gets one JSON record per execution with the outcome, exit status and
+duration. Attacker-controlled text only ever enters these files inside ``json.dumps`` output, so
+it cannot forge a line (newlines are escaped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dfir_ar.errors import StateError
+
+AR_LOG = "active-responses.log"
+AUDIT_LOG = "audit.jsonl"
+
+
+def _open_append(path: Path) -> int:
+    try:
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise StateError(f"{path}: cannot open for append: {exc.strerror}") from None
+
+
+class _AppendFile:
+    """One O_APPEND descriptor; each record is one write(2), so lines never interleave."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = _open_append(path)
+        self._lock = threading.Lock()
+
+    def append(self, data: bytes) -> None:
+        with self._lock:
+            # Reopen when logrotate moved the file away (same idea as Wazuh's logcollector).
+            try:
+                st_path = os.stat(self.path)
+                st_fd = os.fstat(self._fd)
+                if (st_path.st_ino, st_path.st_dev) != (st_fd.st_ino, st_fd.st_dev):
+                    os.close(self._fd)
+                    self._fd = _open_append(self.path)
+            except FileNotFoundError:
+                os.close(self._fd)
+                self._fd = _open_append(self.path)
+            os.write(self._fd, data)
+
+    def close(self) -> None:
+        with self._lock:
+            os.close(self._fd)
+
+
+def wazuh_timestamp(now: float) -> str:
+    return time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(now))
+
+
+def ar_line(now: float, executable: str, message: str) -> str:
+    """One active-responses.log line (no trailing newline)."""
+    return f"{wazuh_timestamp(now)} active-response/bin/{executable}: {message}"
+
+
+def wazuh_message(
+    action: str, executable: str, alert: Mapping[str, Any], extra_args: tuple[str, ...], node: str
+) -> dict[str, Any]:
+    """The JSON Wazuh execd writes to a script's stdin (and logs as the input JSON)."""
+    return {
+        "version": 1,
+        "origin": {"name": node, "module": "wazuh-execd"},
+        "command": action,
+        "parameters": {
+            "extra_args": list(extra_args),
+            "alert": dict(alert),
+            "program": f"active-response/bin/{executable}",
+        },
+    }
+
+
+class ActiveResponseLog:
+    def __init__(self, log_dir: Path) -> None:
+        self._file = _AppendFile(log_dir / AR_LOG)
+
+    @property
+    def path(self) -> Path:
+        return self._file.path
+
+    def write(self, now: float, executable: str, *messages: str) -> None:
+        data = "".join(ar_line(now, executable, m) + "\n" for m in messages)
+        self._file.append(data.encode("utf-8", "backslashreplace"))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One execution (or refusal) as the audit log records it."""
+
+    time: float
+    order_id: str
+    command: str
+    action: str
+    """add | delete | refresh | collect | refused | release"""
+    key: str | None
+    outcome: str
+    """ok | failed | timeout | refused | already-active"""
+    duration: float = 0.0
+    exit_status: int | None = None
+    error: str | None = None
+    agent: str = ""
+    srcip: str | None = None
+    username: str | None = None
+    alert_id: str | None = None
+    rule_id: int | None = None
+    operator: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class AuditLog:
+    def __init__(self, log_dir: Path) -> None:
+        self._file = _AppendFile(log_dir / AUDIT_LOG)
+
+    @property
+    def path(self) -> Path:
+        return self._file.path
+
+    def write(self, record: AuditRecord) -> None:
+        line = json.dumps(asdict(record), separators=(",", ":"), default=str, sort_keys=True)
+        self._file.append((line + "\n").encode("utf-8"))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_audit(path: Path) -> list[dict[str, Any]]:
+    """Every record of an audit file (for tests and tools); a torn last line is skipped."""
+    out: list[dict[str, Any]] = []
+    if not path.exists():
+        return out
+    for line in path.read_text("utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out

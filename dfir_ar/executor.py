@@ -1,0 +1,875 @@
+"""The agent-side executor: turns Orders into responder/collector executions, durably.
+
+Flow of one order (``accept``):
+
+1. resolve the command's plug-in (API-registered, entry point, or an external script in
+   ``active_response_dir``), build the Request and its dedup key;
+2. re-check the rails on this side (defence in depth): a protected address is never contained,
+   the global cap and the per-command rate limit apply to new executions;
+3. in ONE ledger transaction, with the source cursor of the alert if there is one: a new key gets
+   an *intent* row, a repeat refreshes the timer and escalates (repeated_offenders, decaying
+   counters), a collection gets a job row;
+4. after commit the work runs on a bounded pool, each execution under a deadline (child processes
+   started through dfir_ar.procs are killed as a group at it), writing the Wazuh
+   ``active-responses.log`` lines and one JSON audit record; the intent is marked applied after.
+
+Timeouts: the pure ``TimeoutTable`` holds the pending undos; ``run_timeouts`` is the only loop that
+sleeps and wakes on the next deadline (or when an earlier one is scheduled), so an undo runs
+within milliseconds of its deadline, not on a tick.
+
+Crash recovery (``reconcile``): expired entries are undone at once; live ones are rescheduled and
+handed to ``Responder.reconcile`` so drift is repaired; an intent never marked applied is RETRIED
+(its alert's cursor was committed with it, so dropping it would lose the alert; every responder's
+add is idempotent), unless it has expired meanwhile, in which case it is undone (delete is quiet
+when the action is not there). Accepted collections that never finished are run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from dfir_ar import procs
+from dfir_ar.arlog import ActiveResponseLog, AuditLog, AuditRecord, wazuh_message
+from dfir_ar.clock import Clock, SystemClock
+from dfir_ar.collector import Collector, CollectorContext
+from dfir_ar.config.models import CommandConfig, Config
+from dfir_ar.errors import DeadlineExceeded, DfirArError, PluginUnavailable, Refused, StateError
+from dfir_ar.escalation import next_offence
+from dfir_ar.ledger import APPLIED, Entry, Ledger, Tx
+from dfir_ar.order import Order
+from dfir_ar.registry import Registry, load_registry
+from dfir_ar.responder import LiveEntry, Request, Responder, ResponderContext, Target
+from dfir_ar.timeouts import TimeoutTable, wait_seconds
+from dfir_ar.validate import IPNetwork
+
+if TYPE_CHECKING:
+    from dfir_ar.rails import RateLimiter
+    from dfir_ar.sources.base import Cursor
+
+log = logging.getLogger("dfir_ar.executor")
+
+Ident = tuple[str, str]
+"""(command, key): what makes two orders the same action."""
+
+#: A collector's deadline is its duration plus this margin for sealing the bundle.
+COLLECT_MARGIN = 60.0
+#: Seconds between retries of an undo that failed (the entry stays in the ledger meanwhile).
+DELETE_RETRY = (5.0, 15.0, 60.0, 300.0)
+#: The timeout loop re-reads the clock at least this often (wall-clock jumps).
+TICK_CEILING = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How one execution (or refusal) ended; what ``dfir-ar run --wait`` prints."""
+
+    order_id: str
+    command: str
+    action: str
+    key: str | None
+    outcome: str
+    """ok | failed | timeout | refused | already-active | refreshed"""
+    error: str | None = None
+    duration: float = 0.0
+    expires_at: float | None = None
+    offences: int = 0
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("ok", "refreshed", "already-active")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id,
+            "command": self.command,
+            "action": self.action,
+            "key": self.key,
+            "outcome": self.outcome,
+            "error": self.error,
+            "duration": round(self.duration, 6),
+            "expires_at": self.expires_at,
+            "offences": self.offences,
+            "details": dict(self.details),
+        }
+
+
+Ticket = Future[Result]
+
+
+@dataclass
+class _Plan:
+    kind: str  # add | refresh | collect | refused
+    order: Order
+    command: CommandConfig | None = None
+    request: Request | None = None
+    key: str | None = None
+    expires_at: float | None = None
+    timeout: float | None = None
+    offences: int = 0
+    reason: str = ""
+    retry: bool = False
+    """An intent recovered from the ledger: the row exists already."""
+    ticket: Ticket = field(default_factory=Future)
+
+
+def _done(result: Result) -> Ticket:
+    fut: Ticket = Future()
+    fut.set_result(result)
+    return fut
+
+
+class Executor:
+    """Runs orders on this host. Thread-safe; one per process (one ledger writer)."""
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        *,
+        clock: Clock | None = None,
+        protected: Sequence[IPNetwork] = (),
+        ar_log: ActiveResponseLog | None = None,
+        audit: AuditLog | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.clock = clock or SystemClock()
+        self.protected = tuple(protected)
+        from dfir_ar.rails import WhiteList
+
+        self._white = WhiteList(self.protected)
+        g = config.global_
+        self.ar_log = ar_log or ActiveResponseLog(g.log_dir)
+        self.audit = audit or AuditLog(g.log_dir)
+        self._registry = registry
+        self._pool = ThreadPoolExecutor(max_workers=g.workers, thread_name_prefix="dfir-ar-exec")
+        self._plugins: dict[str, type[Responder]] = {}
+        self._responders: dict[str, Responder] = {}
+        self._resolve_lock = threading.Lock()
+        self._table: TimeoutTable[Ident] = TimeoutTable()
+        self._cond = threading.Condition()
+        self._stripes = [threading.Lock() for _ in range(64)]
+        self._limiters: dict[str, RateLimiter] = {}
+        self._active = ledger.count_entries()
+        self._active_lock = threading.Lock()
+        self._delete_failures: Counter[Ident] = Counter()
+        self._cancels: set[threading.Event] = set()
+        self._stopping = threading.Event()
+        self.counters: Counter[str] = Counter()
+        self._node = g.agent_name or _hostname()
+
+    # -- plug-in resolution --------------------------------------------------------------
+
+    def register_responder(self, name: str, cls: type[Responder]) -> None:
+        """Make ``cls`` the responder for executable ``name`` (embedders, benchmarks, tests)."""
+        with self._resolve_lock:
+            self._plugins[name] = cls
+            for cmd in self.config.command:
+                if cmd.executable == name:
+                    self._responders.pop(cmd.name, None)
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = load_registry()
+        return self._registry
+
+    def command(self, name: str) -> CommandConfig:
+        cmd = self.config.command_named(name)
+        if cmd is None:
+            known = ", ".join(c.name for c in self.config.command) or "none"
+            raise Refused(f"no [[command]] named {name!r} in the config (configured: {known})")
+        return cmd
+
+    def is_collector(self, cmd: CommandConfig) -> bool:
+        if cmd.executable in self._plugins:
+            return False
+        return cmd.executable in self.registry.collectors
+
+    def responder(self, cmd: CommandConfig) -> Responder:
+        """The (cached) responder instance that executes ``cmd``."""
+        with self._resolve_lock:
+            found = self._responders.get(cmd.name)
+            if found is not None:
+                return found
+            context = ResponderContext(
+                state_dir=self.config.global_.state_dir,
+                white_list=self.protected,
+                options=self.config.responders.get(cmd.executable, {}),
+                clock=self.clock,
+                log=logging.getLogger(f"dfir_ar.responder.{cmd.executable}"),
+            )
+            responder: Responder
+            if cmd.executable in self._plugins:
+                responder = self._plugins[cmd.executable](context)
+            elif cmd.executable in self.registry.responders:
+                responder = self.registry.responder(cmd.executable)(context)
+            else:
+                script = self.config.global_.active_response_dir / cmd.executable
+                if not script.is_file():
+                    raise PluginUnavailable(
+                        f"command {cmd.name!r}: executable {cmd.executable!r} is neither a "
+                        f"plug-in nor a file in {self.config.global_.active_response_dir}"
+                    )
+                from responders.external import ExternalScript
+
+                name = cmd.name
+                responder = ExternalScript.for_command(
+                    cmd,
+                    self.config.global_.active_response_dir,
+                    context,
+                    lambda key: self._key_active(name, key),
+                )
+            self._responders[cmd.name] = responder
+            return responder
+
+    def _key_active(self, command: str, key: str) -> bool:
+        # Only applied rows count: the intent of the order asking is in the ledger already.
+        entry = self.ledger.get(command, key)
+        return entry is not None and entry.status == APPLIED
+
+    # -- intake --------------------------------------------------------------------------
+
+    def submit(self, order: Order) -> Ticket:
+        return self.accept([order])[0]
+
+    def accept(self, orders: Sequence[Order], *, cursor: Cursor | None = None) -> list[Ticket]:
+        """Record every order (and the source cursor) in one transaction, then run them."""
+        now = self.clock.now()
+        plans: list[_Plan] = []
+        with self.ledger.transaction() as tx:
+            for order in orders:
+                plans.append(self._prepare(tx, order, now))
+            if cursor is not None:
+                tx.save_cursor(cursor.source, cursor.position, now)
+        # Only after the commit: what runs is exactly what is recorded.
+        for plan in plans:
+            if plan.kind == "add":
+                with self._active_lock:
+                    self._active += 1
+        return [self._dispatch(plan) for plan in plans]
+
+    def _refuse(self, order: Order, reason: str, key: str | None = None) -> _Plan:
+        return _Plan(kind="refused", order=order, reason=reason, key=key)
+
+    def _prepare(self, tx: Tx, order: Order, now: float) -> _Plan:
+        try:
+            cmd = self.command(order.command)
+            if self.is_collector(cmd):
+                return self._prepare_collect(tx, order, cmd, now)
+            return self._prepare_response(tx, order, cmd, now)
+        except DfirArError as exc:
+            return self._refuse(order, str(exc))
+
+    def _prepare_collect(self, tx: Tx, order: Order, cmd: CommandConfig, now: float) -> _Plan:
+        if not self._rate_allows(cmd, now):
+            return self._refuse(order, f"rate limit of {cmd.max_per_minute}/min for {cmd.name}")
+        request = self._request(order, cmd, order.timeout)
+        tx.add_job(order.id, cmd.name, request, now)
+        return _Plan(kind="collect", order=order, command=cmd, request=request)
+
+    def _prepare_response(self, tx: Tx, order: Order, cmd: CommandConfig, now: float) -> _Plan:
+        responder = self.responder(cmd)
+        hit = None
+        if order.target.srcip is not None and self._white.contains(order.target.srcip):
+            hit = self._white.covering(order.target.srcip)
+        if hit is not None:
+            return self._refuse(
+                order, f"srcip {order.target.srcip} is protected ({hit}: white list, own "
+                "address, loopback or gateway); containment refused on the agent"
+            )
+        for arg in responder.expects:
+            if getattr(order.target, arg.value, None) is None:
+                return self._refuse(order, f"{cmd.name} needs {arg.value}; the order has none")
+        timeout = order.timeout if responder.supports_timeout else None
+        if timeout is not None and timeout <= 0:
+            timeout = None
+        request = self._request(order, cmd, timeout)
+        key = responder.key(request)
+        window = self.config.global_.offender_window
+        previous, last = tx.offender(cmd.name, key)
+        offence = next_offence(
+            previous,
+            last_offence=last,
+            now=now,
+            window=window,
+            timeout=timeout,
+            repeated_offenders=order.repeated_offenders,
+        )
+        existing = tx.get(cmd.name, key)
+        if existing is not None:
+            # Dedup by (command, key): a repeat refreshes the timer and escalates.
+            expires = None if offence.timeout is None else now + offence.timeout
+            if existing.expires_at is not None and expires is not None:
+                expires = max(expires, existing.expires_at)  # never shorten a block
+            elif existing.expires_at is None:
+                expires = None
+            tx.set_offender(cmd.name, key, offence.count, now)
+            tx.refresh(cmd.name, key, expires_at=expires, offences=offence.count, now=now)
+            return _Plan(
+                kind="refresh", order=order, command=cmd, request=request, key=key,
+                expires_at=expires, timeout=offence.timeout, offences=offence.count,
+            )
+        from dfir_ar.rails import active_cap_allows
+
+        cap = self.config.global_.max_active_responses
+        with self._active_lock:
+            active = self._active
+        if not active_cap_allows(active, cap):
+            return self._refuse(
+                order, f"global cap of {cap} active responses reached "
+                "(global.max_active_responses)", key
+            )
+        if not self._rate_allows(cmd, now):
+            return self._refuse(
+                order, f"rate limit of {cmd.max_per_minute}/min for {cmd.name}", key
+            )
+        request = replace(request, timeout=offence.timeout)
+        expires = None if offence.timeout is None else now + offence.timeout
+        tx.set_offender(cmd.name, key, offence.count, now)
+        tx.insert_intent(
+            command=cmd.name, key=key, order_id=order.id, agent_id=self.config.global_.agent_id,
+            request=request, now=now, expires_at=expires, offences=offence.count,
+        )
+        return _Plan(
+            kind="add", order=order, command=cmd, request=request, key=key,
+            expires_at=expires, timeout=offence.timeout, offences=offence.count,
+        )
+
+    def _rate_allows(self, cmd: CommandConfig, now: float) -> bool:
+        if cmd.max_per_minute is None:
+            return True
+        from dfir_ar.rails import RateLimiter
+
+        limiter = self._limiters.get(cmd.name)
+        if limiter is None:
+            limiter = self._limiters[cmd.name] = RateLimiter(cmd.max_per_minute)
+        return limiter.allow(cmd.name, now)
+
+    def _request(self, order: Order, cmd: CommandConfig, timeout: float | None) -> Request:
+        return Request(
+            command=cmd.name,
+            target=order.target,
+            order_id=order.id,
+            timeout=timeout,
+            extra_args=order.extra_args or cmd.extra_args,
+            alert=order.alert,
+        )
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def _dispatch(self, plan: _Plan) -> Ticket:
+        if plan.kind == "refused":
+            return _done(self._record_refusal(plan))
+        work: Callable[[_Plan], Result] = {
+            "add": self._run_add,
+            "refresh": self._run_refresh,
+            "collect": self._run_collect,
+        }[plan.kind]
+
+        def task() -> None:
+            try:
+                plan.ticket.set_result(work(plan))
+            except BaseException as exc:  # a bug must not leave a --wait hanging
+                log.exception("%s %s: unexpected error", plan.kind, plan.order.command)
+                plan.ticket.set_exception(exc)
+
+        try:
+            self._pool.submit(task)
+        except RuntimeError:  # pool shut down: the ledger keeps it for the next start
+            return _done(self._result(plan, plan.kind, "failed", error="executor is stopping"))
+        return plan.ticket
+
+    def _record_refusal(self, plan: _Plan) -> Result:
+        order = plan.order
+        self.counters["refused"] += 1
+        log.warning(
+            "refused %s (order %s, srcip %s, user %s): %s",
+            order.command, order.id, order.target.srcip, order.target.username, plan.reason,
+        )
+        result = self._result(plan, "refused", "refused", error=plan.reason)
+        self._audit(plan, result)
+        return result
+
+    def _stripe(self, ident: Ident) -> threading.Lock:
+        return self._stripes[hash(ident) % len(self._stripes)]
+
+    def _deadline(self, cmd: CommandConfig) -> float:
+        return cmd.deadline or self.config.global_.execution_deadline
+
+    def _result(
+        self, plan: _Plan, action: str, outcome: str, *, error: str | None = None,
+        duration: float = 0.0, details: Mapping[str, Any] | None = None,
+    ) -> Result:
+        return Result(
+            order_id=plan.order.id, command=plan.order.command, action=action, key=plan.key,
+            outcome=outcome, error=error, duration=duration, expires_at=plan.expires_at,
+            offences=plan.offences, details=details or {},
+        )
+
+    def _alert_dict(self, request: Request) -> dict[str, Any]:
+        if request.alert is not None:
+            return request.alert.to_wazuh()
+        # A manual order: the shape Wazuh's API builds for PUT /active-response.
+        data: dict[str, Any] = {}
+        if request.target.srcip is not None:
+            data["srcip"] = str(request.target.srcip)
+        if request.target.username is not None:
+            data["dstuser"] = request.target.username
+        return {"data": data}
+
+    def _log_start(self, cmd: CommandConfig, action: str, request: Request) -> None:
+        msg = wazuh_message(
+            action, cmd.executable, self._alert_dict(request), request.extra_args, self._node
+        )
+        self.ar_log.write(
+            self.clock.now(), cmd.executable, "Starting", json.dumps(msg, separators=(",", ":"))
+        )
+
+    def _audit(self, plan: _Plan, result: Result, exit_status: int | None = None) -> None:
+        target = plan.order.target
+        alert = plan.order.alert
+        self.audit.write(
+            AuditRecord(
+                time=self.clock.now(),
+                order_id=result.order_id,
+                command=result.command,
+                action=result.action,
+                key=result.key,
+                outcome=result.outcome,
+                duration=round(result.duration, 6),
+                exit_status=exit_status,
+                error=result.error,
+                agent=self.config.global_.agent_id,
+                srcip=None if target.srcip is None else str(target.srcip),
+                username=target.username,
+                alert_id=None if alert is None else alert.id,
+                rule_id=None if alert is None else alert.rule_id,
+                operator=plan.order.operator,
+                details=dict(result.details),
+            )
+        )
+
+    def _run_add(self, plan: _Plan) -> Result:
+        cmd, request, key = plan.command, plan.request, plan.key
+        assert cmd is not None and request is not None and key is not None
+        ident = (cmd.name, key)
+        with self._stripe(ident):
+            responder = self.responder(cmd)
+            self._log_start(cmd, "add", request)
+            start = time.monotonic()
+            try:
+                with procs.deadline_scope(start + self._deadline(cmd)):
+                    state = responder.add(request)
+            except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
+                duration = time.monotonic() - start
+                if type(exc).__name__ == "AlreadyActive":
+                    return self._already_active(plan, exc, duration)
+                self.ledger.remove(cmd.name, key, plan.order.id)
+                with self._active_lock:
+                    self._active -= 1
+                outcome = "timeout" if isinstance(exc, DeadlineExceeded) else "failed"
+                self.counters[f"add_{outcome}"] += 1
+                log.error("%s add %s failed: %s", cmd.name, key, exc)
+                self.ar_log.write(self.clock.now(), cmd.executable, f"Error: {exc}", "Aborted")
+                result = self._result(plan, "add", outcome, error=str(exc), duration=duration)
+                self._audit(plan, result)
+                return result
+            duration = time.monotonic() - start
+            self.ledger.mark_applied(cmd.name, key, plan.order.id, state, self.clock.now())
+            self.ar_log.write(self.clock.now(), cmd.executable, "Ended")
+            entry = self.ledger.get(cmd.name, key)
+            if entry is not None and entry.expires_at is not None:
+                self._schedule(ident, entry.expires_at)
+            self.counters["add_ok"] += 1
+            result = self._result(
+                plan, "add", "ok", duration=duration,
+                details={"retried_intent": True} if plan.retry else None,
+            )
+            if entry is not None:
+                result = replace(result, expires_at=entry.expires_at)
+            self._audit(plan, result)
+            return result
+
+    def _already_active(self, plan: _Plan, exc: Exception, duration: float) -> Result:
+        """Seam D: the script answered check_keys with keys already in place; refresh those."""
+        cmd, key = plan.command, plan.key
+        assert cmd is not None and key is not None
+        self.ledger.remove(cmd.name, key, plan.order.id)
+        with self._active_lock:
+            self._active -= 1
+        other = getattr(exc, "key", None) or getattr(exc, "keys", None)
+        keys = [other] if isinstance(other, str) else list(other or [])
+        now = self.clock.now()
+        for k in keys:
+            entry = self.ledger.get(cmd.name, str(k))
+            if entry is not None and plan.timeout is not None:
+                expires = max(now + plan.timeout, entry.expires_at or 0.0)
+                with self.ledger.transaction() as tx:
+                    tx.refresh(cmd.name, entry.key, expires_at=expires,
+                               offences=entry.offences + 1, now=now)
+                self._schedule((cmd.name, entry.key), expires)
+        self.ar_log.write(now, cmd.executable, "Aborted")
+        self.counters["already_active"] += 1
+        result = self._result(plan, "add", "already-active", duration=duration,
+                              details={"keys": [str(k) for k in keys]})
+        self._audit(plan, result)
+        return result
+
+    def _run_refresh(self, plan: _Plan) -> Result:
+        cmd, request, key = plan.command, plan.request, plan.key
+        assert cmd is not None and request is not None and key is not None
+        ident = (cmd.name, key)
+        with self._stripe(ident):
+            entry = self.ledger.get(cmd.name, key)
+            if entry is None:  # undone between prepare and now: nothing to refresh
+                result = self._result(plan, "refresh", "failed", error="entry undone meanwhile")
+                self._audit(plan, result)
+                return result
+            start = time.monotonic()
+            responder = self.responder(cmd)
+            remaining = entry.remaining(self.clock.now())
+            error: str | None = None
+            try:
+                with procs.deadline_scope(start + self._deadline(cmd)):
+                    responder.refresh(entry.request(), entry.state or {}, remaining)
+            except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
+                # The ledger timer is already extended; a backend whose kernel timeout could not
+                # follow is repaired by the next reconcile. Say so rather than fail the order.
+                error = f"refresh of the backend failed: {exc}"
+                log.error("%s refresh %s: %s", cmd.name, key, exc)
+            if entry.expires_at is not None:
+                self._schedule(ident, entry.expires_at)
+            self.counters["refreshed"] += 1
+            log.info(
+                "%s %s repeated (offence %d): timer refreshed, expires in %s",
+                cmd.name, key, plan.offences,
+                "never" if remaining is None else f"{remaining:.0f}s",
+            )
+            result = self._result(
+                plan, "refresh", "refreshed", error=error, duration=time.monotonic() - start
+            )
+            result = replace(result, expires_at=entry.expires_at)
+            self._audit(plan, result)
+            return result
+
+    def _run_collect(self, plan: _Plan) -> Result:
+        from dfir_ar.evidence.collect import run_collection
+        from dfir_ar.evidence.manifest import Trigger
+
+        cmd, request = plan.command, plan.request
+        assert cmd is not None and request is not None
+        cancel = threading.Event()
+        self._cancels.add(cancel)
+        start = time.monotonic()
+        self._log_start(cmd, "add", request)
+        try:
+            cls = self.registry.collector(cmd.executable)
+            collector: Collector = cls(
+                CollectorContext(
+                    state_dir=self.config.global_.state_dir,
+                    settings=self.config.collectors.get(cmd.executable, {}),
+                    log=logging.getLogger(f"dfir_ar.collector.{cmd.executable}"),
+                )
+            )
+            options = cls.parse_options(request.extra_args)
+            duration = float(options.get("duration", cls.default_duration) or cls.default_duration)
+            budget = cmd.deadline or duration + COLLECT_MARGIN
+            from dfir_ar.collector import CollectJob
+
+            job = CollectJob(
+                target=request.target,
+                options=options,
+                deadline=self.clock.monotonic() + budget,
+                max_bytes=self.config.evidence.max_bundle_mb * 1024 * 1024,
+                cancel=cancel,
+                clock=self.clock,
+                order_id=plan.order.id,
+                progress=lambda message, fraction: log.debug(
+                    "%s %s: %s (%s)", cmd.name, plan.order.id, message, fraction
+                ),
+            )
+            with procs.deadline_scope(time.monotonic() + budget):
+                bundle = run_collection(
+                    collector, job, trigger=Trigger.from_order(plan.order), config=self.config
+                )
+        except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
+            self.ledger.remove_job(plan.order.id)
+            log.error("%s collect for order %s failed: %s", cmd.name, plan.order.id, exc)
+            self.ar_log.write(self.clock.now(), cmd.executable, f"Error: {exc}", "Aborted")
+            self.counters["collect_failed"] += 1
+            result = self._result(plan, "collect", "failed", error=str(exc),
+                                  duration=time.monotonic() - start)
+            self._audit(plan, result)
+            return result
+        finally:
+            self._cancels.discard(cancel)
+        self.ledger.remove_job(plan.order.id)
+        self.ar_log.write(self.clock.now(), cmd.executable, "Ended")
+        status = str(bundle.status)
+        self.counters[f"collect_{status}"] += 1
+        result = self._result(
+            plan, "collect", "ok" if status != "failed" else "failed",
+            duration=time.monotonic() - start,
+            details={"bundle_id": bundle.bundle_id, "status": status, "path": str(bundle.path)},
+        )
+        self._audit(plan, result)
+        return result
+
+    # -- timeouts ------------------------------------------------------------------------
+
+    def _schedule(self, ident: Ident, deadline: float) -> None:
+        with self._cond:
+            before = self._table.next_deadline()
+            self._table.schedule(ident, deadline)
+            if before is None or deadline < before:
+                self._cond.notify_all()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._table)
+
+    def next_deadline(self) -> float | None:
+        with self._cond:
+            return self._table.next_deadline()
+
+    def expire_due(self, now: float | None = None, *, wait: bool = False) -> list[Ticket]:
+        """Start the undo of every entry due at ``now``; the timeout loop calls this."""
+        now = self.clock.now() if now is None else now
+        with self._cond:
+            due = self._table.due(now)
+        tickets = [self._submit_delete(ident, "timeout") for ident in due]
+        if wait:
+            for t in tickets:
+                t.result()
+        return tickets
+
+    def run_timeouts(self, stop: threading.Event) -> None:
+        """The only loop that sleeps: wake on the next deadline, not on a fixed tick."""
+        while not stop.is_set() and not self._stopping.is_set():
+            self.expire_due()
+            with self._cond:
+                wait = wait_seconds(self.clock.now(), self._table.next_deadline(), TICK_CEILING)
+                if wait > 0 and not stop.is_set():
+                    self._cond.wait(wait)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _submit_delete(self, ident: Ident, reason: str) -> Ticket:
+        fut: Ticket = Future()
+
+        def task() -> None:
+            try:
+                fut.set_result(self._run_delete(ident, reason))
+            except BaseException as exc:
+                log.exception("delete %s/%s: unexpected error", *ident)
+                fut.set_exception(exc)
+
+        try:
+            self._pool.submit(task)
+        except RuntimeError:
+            fut.set_result(
+                Result("", ident[0], "delete", ident[1], "failed", error="executor is stopping")
+            )
+        return fut
+
+    def _run_delete(self, ident: Ident, reason: str) -> Result:
+        command, key = ident
+        with self._stripe(ident):
+            now = self.clock.now()
+            entry = self.ledger.get(command, key)
+            if entry is None:
+                return Result("", command, "delete", key, "ok", details={"note": "already gone"})
+            if reason == "timeout" and entry.expires_at is not None and entry.expires_at > now:
+                self._schedule(ident, entry.expires_at)  # refreshed after it was popped
+                return Result(entry.order_id, command, "delete", key, "refreshed")
+            plan = _Plan(kind="delete", order=self._order_of(entry), key=key,
+                         expires_at=entry.expires_at, offences=entry.offences)
+            start = time.monotonic()
+            try:
+                cmd = self.command(command)
+                request = entry.request()
+                responder = self.responder(cmd)
+                self._log_start(cmd, "delete", request)
+                with procs.deadline_scope(start + self._deadline(cmd)):
+                    responder.delete(request, entry.state or {})
+            except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
+                duration = time.monotonic() - start
+                self._delete_failures[ident] += 1
+                attempt = self._delete_failures[ident]
+                retry = DELETE_RETRY[min(attempt, len(DELETE_RETRY)) - 1]
+                log.error(
+                    "%s delete %s failed (attempt %d, retry in %.0fs): %s",
+                    command, key, attempt, retry, exc,
+                )
+                with_cmd = self.config.command_named(command)
+                if with_cmd is not None:
+                    self.ar_log.write(self.clock.now(), with_cmd.executable, f"Error: {exc}",
+                                      "Aborted")
+                if not isinstance(exc, StateError):
+                    self._schedule(ident, now + retry)
+                result = self._result(plan, "delete", "failed", error=str(exc), duration=duration,
+                                      details={"reason": reason, "attempt": attempt})
+                self._audit(plan, result)
+                return result
+            duration = time.monotonic() - start
+            self._delete_failures.pop(ident, None)
+            self.ledger.remove(command, key, entry.order_id)
+            with self._active_lock:
+                self._active -= 1
+            with self._cond:
+                self._table.cancel(ident)
+            self.ar_log.write(self.clock.now(), cmd.executable, "Ended")
+            self.counters["delete_ok"] += 1
+            late = max(0.0, now - entry.expires_at) if entry.expires_at is not None else 0.0
+            result = self._result(plan, "delete", "ok", duration=duration,
+                                  details={"reason": reason, "late": round(late, 3)})
+            self._audit(plan, result)
+            return result
+
+    def _order_of(self, entry: Entry) -> Order:
+        try:
+            request = entry.request()
+        except StateError:
+            return Order(id=entry.order_id, command=entry.command, target=Target())
+        return Order(
+            id=entry.order_id, command=entry.command, target=request.target,
+            timeout=request.timeout, extra_args=request.extra_args, alert=request.alert,
+        )
+
+    # -- operator actions ----------------------------------------------------------------
+
+    def release(self, key_or_order_id: str, command: str | None = None) -> list[Result]:
+        """Undo now what matches ``key_or_order_id`` (a key or an order id); wait for it."""
+        entries = self.ledger.find(key_or_order_id, command)
+        tickets = []
+        for entry in entries:
+            with self._cond:
+                self._table.cancel(entry.ident)
+            tickets.append(self._submit_delete(entry.ident, "release"))
+        return [t.result() for t in tickets]
+
+    # -- start and stop ------------------------------------------------------------------
+
+    def reconcile(self) -> dict[str, int]:
+        """Bring the host in line with the ledger after a start (see the module docstring)."""
+        now = self.clock.now()
+        summary: Counter[str] = Counter()
+        live: dict[str, list[LiveEntry]] = {}
+        self.ledger.purge_offenders(now - self.config.global_.offender_window)
+        for entry in self.ledger.entries():
+            cmd = self.config.command_named(entry.command)
+            if cmd is None:
+                summary["unknown_command"] += 1
+                log.warning(
+                    "ledger entry %s/%s: command no longer configured; kept (release it with "
+                    "`dfir-ar blocks release %s` after restoring the command)",
+                    entry.command, entry.key, entry.key,
+                )
+                continue
+            try:
+                request = entry.request()
+            except StateError as exc:
+                summary["invalid"] += 1
+                log.error("ledger entry %s/%s is invalid, not acted on: %s",
+                          entry.command, entry.key, exc)
+                continue
+            if entry.expires_at is not None and entry.expires_at <= now:
+                summary["expired"] += 1
+                self._schedule(entry.ident, entry.expires_at)
+                continue
+            if entry.status != APPLIED:
+                summary["retried_intents"] += 1
+                plan = _Plan(
+                    kind="add", order=self._order_of(entry), command=cmd, request=request,
+                    key=entry.key, expires_at=entry.expires_at, timeout=request.timeout,
+                    offences=entry.offences, retry=True,
+                )
+                remaining = entry.remaining(now)
+                plan.request = replace(request, timeout=remaining)
+                self._dispatch(plan)
+                continue
+            summary["live"] += 1
+            remaining = entry.remaining(now)
+            live.setdefault(cmd.name, []).append(
+                LiveEntry(request=replace(request, timeout=remaining), state=entry.state or {},
+                          remaining=remaining)
+            )
+            if entry.expires_at is not None:
+                self._schedule(entry.ident, entry.expires_at)
+        for name, entries in live.items():
+            try:
+                report = self.responder(self.command(name)).reconcile(entries)
+            except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
+                summary["reconcile_failed"] += 1
+                log.error("%s: reconcile failed: %s", name, exc)
+                continue
+            summary["readded"] += report.readded
+            summary["removed_orphans"] += report.removed_orphans
+            for note in report.notes:
+                log.info("%s", note)
+        for job in self.ledger.jobs():
+            summary["rerun_jobs"] += 1
+            self._rerun_job(job.order_id, job.command, job.request_json)
+        self.wake()
+        if summary:
+            log.info("reconcile: %s", ", ".join(f"{k}={v}" for k, v in sorted(summary.items())))
+        return dict(summary)
+
+    def _rerun_job(self, order_id: str, command: str, request_json: str) -> None:
+        from dfir_ar.ledger import decode_request
+
+        try:
+            cmd = self.command(command)
+            request = decode_request(request_json)
+        except DfirArError as exc:
+            log.error("pending collection %s cannot be resumed: %s", order_id, exc)
+            self.ledger.remove_job(order_id)
+            return
+        order = Order(id=order_id, command=command, target=request.target,
+                      extra_args=request.extra_args, alert=request.alert)
+        self._dispatch(_Plan(kind="collect", order=order, command=cmd, request=request))
+
+    def active_count(self) -> int:
+        with self._active_lock:
+            return self._active
+
+    def shutdown(self, *, lift: bool | None = None, wait: bool = True) -> None:
+        """Stop: running work finishes; blocks stay unless ``lift`` (global.lift_on_stop)."""
+        lift = self.config.global_.lift_on_stop if lift is None else lift
+        self._stopping.set()
+        self.wake()
+        if lift:
+            for entry in self.ledger.entries():
+                self._submit_delete(entry.ident, "stop").result()
+        for cancel in list(self._cancels):
+            cancel.set()
+        self._pool.shutdown(wait=wait, cancel_futures=False)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def protected_networks(config: Config) -> list[IPNetwork]:
+    """Config white list plus the host's own addresses, loopback and gateways (seam A rails)."""
+    from dfir_ar.rails import host_protected_networks
+    from dfir_ar.validate import parse_network
+
+    g = config.global_
+    nets: list[IPNetwork] = [parse_network(n) for n in g.white_list]
+    return nets + host_protected_networks(own=g.protect_own_addresses, gateways=g.protect_gateway)

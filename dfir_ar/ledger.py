@@ -1,0 +1,523 @@
+"""The durable record of every stateful response: SQLite in WAL mode under ``global.state_dir``.
+
+Why a ledger at all: OSSEC and Wazuh keep pending undos in memory, so a crash leaves blocks in
+place forever and a restart runs every undo early. Here:
+
+* the *intent* row is written before the action and marked ``applied`` after it, so a crash in
+  between is visible on the next start (see ``dfir_ar.executor.Executor.reconcile``);
+* a source's cursor is stored in the SAME transaction as the intents its alert produced, so a
+  ``kill -9`` neither loses an alert (cursor not moved without its intents) nor repeats one
+  (intents not written without the cursor);
+* repeat-offender counters live apart from the entries, so they survive the undo and decay after
+  ``global.offender_window`` instead of never (Wazuh #15171).
+
+One writer connection behind a lock; readers (``dfir-ar blocks list``) open their own read-only
+connection. Rows read back are re-validated before use: the file is state, not trusted input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dfir_ar.alert import Alert
+from dfir_ar.errors import RefusedInput, StateError
+from dfir_ar.ids import is_id
+from dfir_ar.responder import Request, State, Target
+from dfir_ar.validate import parse_ip, parse_username
+
+if TYPE_CHECKING:
+    from dfir_ar.sources.base import Cursor
+
+LEDGER_FILE = "ledger.sqlite3"
+SCHEMA_VERSION = 1
+INTENT = "intent"
+APPLIED = "applied"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    command TEXT NOT NULL,
+    key TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    request TEXT NOT NULL,
+    state TEXT,
+    status TEXT NOT NULL CHECK (status IN ('intent', 'applied')),
+    created_at REAL NOT NULL,
+    applied_at REAL,
+    expires_at REAL,
+    offences INTEGER NOT NULL,
+    last_offence REAL NOT NULL,
+    PRIMARY KEY (command, key)
+);
+CREATE INDEX IF NOT EXISTS entries_order ON entries (order_id);
+CREATE TABLE IF NOT EXISTS offenders (
+    command TEXT NOT NULL,
+    key TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last_offence REAL NOT NULL,
+    PRIMARY KEY (command, key)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    order_id TEXT PRIMARY KEY,
+    command TEXT NOT NULL,
+    request TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    source TEXT PRIMARY KEY,
+    position TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Request <-> JSON. Decoding re-validates: a hand-edited or corrupted row must not reach an argv.
+
+_ALERT_FIELDS = (
+    "rule_id", "level", "groups", "id", "timestamp", "description", "agent_id", "agent_name",
+    "agent_ip", "srcip", "srcuser", "dstuser", "filename", "location", "full_log",
+)
+
+
+def alert_to_dict(alert: Alert) -> dict[str, Any]:
+    out: dict[str, Any] = {name: getattr(alert, name) for name in _ALERT_FIELDS}
+    out["groups"] = list(alert.groups)
+    out["raw"] = dict(alert.raw)
+    return out
+
+
+def alert_from_dict(data: Mapping[str, Any]) -> Alert:
+    try:
+        fields: dict[str, Any] = {n: data[n] for n in _ALERT_FIELDS if n in data}
+        fields["groups"] = tuple(str(g) for g in data.get("groups", ()))
+        fields["rule_id"] = int(data["rule_id"])
+        fields["level"] = int(data["level"])
+        raw = data.get("raw") or {}
+        if not isinstance(raw, dict):
+            raise TypeError("raw is not an object")
+        return Alert(**fields, raw=raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateError(f"ledger: stored alert is malformed: {exc}") from None
+
+
+def target_to_dict(target: Target) -> dict[str, str | None]:
+    return {
+        "srcip": None if target.srcip is None else str(target.srcip),
+        "username": target.username,
+        "filename": target.filename,
+    }
+
+
+def target_from_dict(data: Mapping[str, Any]) -> Target:
+    srcip = data.get("srcip")
+    username = data.get("username")
+    filename = data.get("filename")
+    if filename is not None and (
+        not isinstance(filename, str) or "\x00" in filename or len(filename) > 4096
+    ):
+        raise StateError("ledger: stored filename is not a NUL-free string")
+    return Target(
+        srcip=None if srcip is None else parse_ip(srcip),
+        username=None if username is None else parse_username(username),
+        filename=filename,
+    )
+
+
+def encode_request(request: Request) -> str:
+    return json.dumps(
+        {
+            "command": request.command,
+            "target": target_to_dict(request.target),
+            "order_id": request.order_id,
+            "timeout": request.timeout,
+            "extra_args": list(request.extra_args),
+            "alert": None if request.alert is None else alert_to_dict(request.alert),
+        },
+        separators=(",", ":"),
+        default=str,
+    )
+
+
+def decode_request(text: str) -> Request:
+    """Parse a stored request and validate every field again (StateError on failure)."""
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError("not an object")
+        extra = data.get("extra_args") or []
+        if not isinstance(extra, list) or not all(
+            isinstance(a, str) and "\x00" not in a for a in extra
+        ):
+            raise TypeError("extra_args is not a list of strings")
+        timeout = data.get("timeout")
+        alert = data.get("alert")
+        command = data["command"]
+        order_id = data.get("order_id", "")
+        if not isinstance(command, str) or not isinstance(order_id, str):
+            raise TypeError("command/order_id are not strings")
+        if order_id and not is_id(order_id):
+            raise TypeError(f"order id {order_id!r} is not an id")
+        return Request(
+            command=command,
+            target=target_from_dict(data.get("target") or {}),
+            order_id=order_id,
+            timeout=None if timeout is None else float(timeout),
+            extra_args=tuple(extra),
+            alert=None if alert is None else alert_from_dict(alert),
+        )
+    except RefusedInput as exc:
+        raise StateError(f"ledger: stored request failed validation: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateError(f"ledger: stored request is malformed: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One row of the ledger: a stateful response that is (or is about to be) in place."""
+
+    command: str
+    key: str
+    order_id: str
+    agent_id: str
+    request_json: str
+    state: State | None
+    status: str
+    created_at: float
+    applied_at: float | None
+    expires_at: float | None
+    offences: int
+    last_offence: float
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        return (self.command, self.key)
+
+    def request(self) -> Request:
+        return decode_request(self.request_json)
+
+    def remaining(self, now: float) -> float | None:
+        return None if self.expires_at is None else max(0.0, self.expires_at - now)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "key": self.key,
+            "agent": self.agent_id,
+            "order_id": self.order_id,
+            "status": self.status,
+            "since": self.applied_at or self.created_at,
+            "expires_at": self.expires_at,
+            "expires_in": self.remaining(now),
+            "offences": self.offences,
+            "last_offence": self.last_offence,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A one-shot execution (a collection) accepted but not finished yet."""
+
+    order_id: str
+    command: str
+    request_json: str
+    created_at: float
+
+
+_SELECT_ENTRIES = (
+    "SELECT command, key, order_id, agent_id, request, state, status, created_at, applied_at, "
+    "expires_at, offences, last_offence FROM entries"
+)
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    state_text = row[5]
+    try:
+        state = None if state_text is None else json.loads(state_text)
+    except ValueError:
+        raise StateError(f"ledger: state of {row[0]}/{row[1]} is not JSON") from None
+    if state is not None and not isinstance(state, dict):
+        raise StateError(f"ledger: state of {row[0]}/{row[1]} is not an object")
+    return Entry(
+        command=str(row[0]),
+        key=str(row[1]),
+        order_id=str(row[2]),
+        agent_id=str(row[3]),
+        request_json=str(row[4]),
+        state=state,
+        status=str(row[6]),
+        created_at=float(row[7]),
+        applied_at=None if row[8] is None else float(row[8]),
+        expires_at=None if row[9] is None else float(row[9]),
+        offences=int(row[10]),
+        last_offence=float(row[11]),
+    )
+
+
+class Tx:
+    """The operations allowed inside one write transaction (see Ledger.transaction)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._c = conn
+
+    def get(self, command: str, key: str) -> Entry | None:
+        row = self._c.execute(
+            _SELECT_ENTRIES + " WHERE command = ? AND key = ?", (command, key)
+        ).fetchone()
+        return None if row is None else _entry(row)
+
+    def count_entries(self) -> int:
+        return int(self._c.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+    def offender(self, command: str, key: str) -> tuple[int, float | None]:
+        row = self._c.execute(
+            "SELECT count, last_offence FROM offenders WHERE command = ? AND key = ?",
+            (command, key),
+        ).fetchone()
+        return (0, None) if row is None else (int(row[0]), float(row[1]))
+
+    def set_offender(self, command: str, key: str, count: int, now: float) -> None:
+        self._c.execute(
+            "INSERT INTO offenders (command, key, count, last_offence) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (command, key) DO UPDATE SET count = excluded.count, "
+            "last_offence = excluded.last_offence",
+            (command, key, count, now),
+        )
+
+    def insert_intent(
+        self,
+        *,
+        command: str,
+        key: str,
+        order_id: str,
+        agent_id: str,
+        request: Request,
+        now: float,
+        expires_at: float | None,
+        offences: int,
+    ) -> None:
+        self._c.execute(
+            "INSERT INTO entries (command, key, order_id, agent_id, request, state, status, "
+            "created_at, applied_at, expires_at, offences, last_offence) "
+            "VALUES (?, ?, ?, ?, ?, NULL, ?, ?, NULL, ?, ?, ?)",
+            (command, key, order_id, agent_id, encode_request(request), INTENT, now, expires_at,
+             offences, now),
+        )
+
+    def refresh(
+        self, command: str, key: str, *, expires_at: float | None, offences: int, now: float
+    ) -> None:
+        self._c.execute(
+            "UPDATE entries SET expires_at = ?, offences = ?, last_offence = ? "
+            "WHERE command = ? AND key = ?",
+            (expires_at, offences, now, command, key),
+        )
+
+    def add_job(self, order_id: str, command: str, request: Request, now: float) -> None:
+        self._c.execute(
+            "INSERT OR REPLACE INTO jobs (order_id, command, request, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (order_id, command, encode_request(request), now),
+        )
+
+    def save_cursor(self, source: str, position: str, now: float) -> None:
+        self._c.execute(
+            "INSERT INTO cursors (source, position, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (source) DO UPDATE SET position = excluded.position, "
+            "updated_at = excluded.updated_at",
+            (source, position, now),
+        )
+
+
+class _Reader:
+    """Queries shared by the writer and the read-only view."""
+
+    _conn: sqlite3.Connection
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def entries(self) -> list[Entry]:
+        rows = self._query(_SELECT_ENTRIES + " ORDER BY created_at")
+        return [_entry(r) for r in rows]
+
+    def get(self, command: str, key: str) -> Entry | None:
+        rows = self._query(
+            _SELECT_ENTRIES + " WHERE command = ? AND key = ?", (command, key)
+        )
+        return _entry(rows[0]) if rows else None
+
+    def find(self, key_or_order_id: str, command: str | None = None) -> list[Entry]:
+        """Entries whose key or order id is ``key_or_order_id`` (optionally of one command)."""
+        sql = _SELECT_ENTRIES + " WHERE (key = ? OR order_id = ?)"
+        params: tuple[Any, ...] = (key_or_order_id, key_or_order_id)
+        if command is not None:
+            sql += " AND command = ?"
+            params += (command,)
+        return [_entry(r) for r in self._query(sql, params)]
+
+    def jobs(self) -> list[Job]:
+        rows = self._query("SELECT order_id, command, request, created_at FROM jobs")
+        return [Job(str(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+    def cursor_position(self, source: str) -> str | None:
+        rows = self._query("SELECT position FROM cursors WHERE source = ?", (source,))
+        return str(rows[0][0]) if rows else None
+
+    def load(self, source: str) -> Cursor | None:
+        """The CursorStore protocol of the sources (seam A)."""
+        from dfir_ar.sources.base import Cursor
+
+        position = self.cursor_position(source)
+        return None if position is None else Cursor(source=source, position=position)
+
+
+class Ledger(_Reader):
+    """The writer. Thread-safe: every statement runs under one lock on one connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(
+                str(path), timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit is durable against a process crash (kill -9), and against
+            # power loss up to the last checkpoint; an fsync per alert would cap intake at the
+            # disk's IOPS.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.executescript(_SCHEMA)
+            version = self._conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+            if version is None:
+                self._conn.execute(
+                    "INSERT INTO meta (name, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif version[0] != str(SCHEMA_VERSION):
+                raise StateError(
+                    f"{path}: ledger schema {version[0]} is not {SCHEMA_VERSION}; "
+                    "this dfir-ar cannot use it"
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{path}: cannot open the ledger: {exc}") from None
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+
+    @classmethod
+    def open(cls, state_dir: Path) -> Ledger:
+        """Open (creating ``state_dir`` with mode 0700) the ledger of this host."""
+        try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"state_dir {state_dir}: cannot create: {exc.strerror}") from None
+        return cls(state_dir / LEDGER_FILE)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._conn.execute(sql, params).fetchall())
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """One atomic write: everything inside commits together or not at all."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:
+                raise StateError(f"{self.path}: cannot write the ledger: {exc}") from None
+            try:
+                yield Tx(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    self._conn.execute("ROLLBACK")
+                raise StateError(f"{self.path}: commit failed: {exc}") from None
+
+    # -- single-statement writes (each its own transaction) -------------------------------
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).rowcount
+            except sqlite3.DatabaseError as exc:
+                raise StateError(f"{self.path}: ledger write failed: {exc}") from None
+
+    def mark_applied(
+        self, command: str, key: str, order_id: str, state: State, applied_at: float
+    ) -> None:
+        self._write(
+            "UPDATE entries SET status = ?, state = ?, applied_at = ? "
+            "WHERE command = ? AND key = ? AND order_id = ?",
+            (APPLIED, json.dumps(state, separators=(",", ":"), default=str), applied_at,
+             command, key, order_id),
+        )
+
+    def remove(self, command: str, key: str, order_id: str | None = None) -> bool:
+        if order_id is None:
+            return self._write(
+                "DELETE FROM entries WHERE command = ? AND key = ?", (command, key)
+            ) > 0
+        return self._write(
+            "DELETE FROM entries WHERE command = ? AND key = ? AND order_id = ?",
+            (command, key, order_id),
+        ) > 0
+
+    def remove_job(self, order_id: str) -> None:
+        self._write("DELETE FROM jobs WHERE order_id = ?", (order_id,))
+
+    def store_cursor(self, source: str, position: str, now: float) -> None:
+        with self.transaction() as tx:
+            tx.save_cursor(source, position, now)
+
+    def purge_offenders(self, older_than: float) -> int:
+        """Drop counters whose last offence is before ``older_than`` (they have decayed)."""
+        return self._write("DELETE FROM offenders WHERE last_offence < ?", (older_than,))
+
+    def count_entries(self) -> int:
+        return int(self._query("SELECT count(*) FROM entries")[0][0])
+
+
+class LedgerView(_Reader):
+    """A read-only connection for the CLI: never blocks or changes the running service."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise StateError(f"{path}: no ledger yet (nothing has run with this state_dir)")
+        try:
+            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{path}: cannot open the ledger read-only: {exc}") from None
+        self.path = path
+
+    @classmethod
+    def open(cls, state_dir: Path) -> LedgerView:
+        return cls(state_dir / LEDGER_FILE)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return list(self._conn.execute(sql, params).fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: cannot read the ledger: {exc}") from None

@@ -1,0 +1,241 @@
+"""The `dfir-ar serve` runtime (local mode): sources -> pipeline -> executor, plus the timeout loop,
+the control socket and the evidence uploader, in one process.
+
+Start order matters: the ledger is opened and reconciled BEFORE any source starts, so expired
+blocks are lifted and live ones repaired before new alerts arrive; the control socket comes up
+before the sources so `dfir-ar run` works as soon as serve says it is ready. Stop order is the
+reverse; a graceful stop leaves blocks in place unless ``global.lift_on_stop`` (the next start
+reconciles them), unlike OSSEC and Wazuh, which lift every block on restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dfir_ar.alert import Alert
+from dfir_ar.arlog import AuditLog, AuditRecord
+from dfir_ar.clock import Clock, SystemClock
+from dfir_ar.config.models import Config, Location
+from dfir_ar.control import ControlServer, order_from_request
+from dfir_ar.errors import UsageError
+from dfir_ar.executor import Executor, Result, protected_networks
+from dfir_ar.ledger import Ledger
+from dfir_ar.order import Order
+from dfir_ar.validate import IPNetwork
+
+log = logging.getLogger("dfir_ar.serve")
+
+#: How long `run --wait` over the socket may wait for one execution.
+WAIT_LIMIT = 3600.0
+
+
+class Service:
+    """Everything `serve` runs; ``start`` then ``wait``/``stop`` (tests drive it in-process)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        extra_alerts: Sequence[Path] = (),
+        clock: Clock | None = None,
+        protected: Sequence[IPNetwork] | None = None,
+        control: bool = True,
+    ) -> None:
+        self.config = config
+        self.extra_alerts = tuple(extra_alerts)
+        self.clock = clock or SystemClock()
+        self.protected = list(protected) if protected is not None else protected_networks(config)
+        self.stop_event = threading.Event()
+        self.counters: Counter[str] = Counter()
+        self._decide_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._control_enabled = control
+        self.control: ControlServer | None = None
+        self.ledger: Ledger | None = None
+        self.executor: Executor | None = None
+        self.sources: list[Any] = []
+        self.errors: list[BaseException] = []
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        from dfir_ar.pipeline import Pipeline
+        from dfir_ar.sources import build_sources
+
+        g = self.config.global_
+        self.pipeline = Pipeline(self.config, self.protected)
+        self.ledger = Ledger.open(g.state_dir)
+        self.executor = Executor(
+            self.config, self.ledger, clock=self.clock, protected=self.protected
+        )
+        self.audit: AuditLog = self.executor.audit
+        summary = self.executor.reconcile()
+        self.sources = list(build_sources(self.config, self.ledger, list(self.extra_alerts)))
+        if self._control_enabled:
+            self.control = ControlServer(g.socket_path, self._dispatch_control)
+            self.control.start()
+        self._spawn("dfir-ar-timeouts", self.executor.run_timeouts, self.stop_event)
+        uploader = self._start_uploader()
+        for source in self.sources:
+            self._spawn(f"dfir-ar-source-{source.name}", self._run_source, source)
+        log.info(
+            "dfir-ar serve ready: agent %s, %d command(s), %d binding(s), %d source(s) [%s], "
+            "ledger %s (%d live, reconcile: %s), control %s, evidence uploader %s, "
+            "lift_on_stop=%s",
+            g.agent_id,
+            len(self.config.command),
+            len(self.config.active_response),
+            len(self.sources),
+            ", ".join(s.name for s in self.sources) or "none",
+            self.ledger.path,
+            self.executor.active_count(),
+            ", ".join(f"{k}={v}" for k, v in sorted(summary.items())) or "nothing to do",
+            g.socket_path if self.control else "off",
+            uploader,
+            g.lift_on_stop,
+        )
+
+    def _spawn(self, name: str, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_uploader(self) -> str:
+        try:
+            from dfir_ar.evidence.spool import Uploader
+        except ImportError as exc:
+            log.warning("evidence uploader not available in this build (%s); bundles stay in "
+                        "the spool", exc)
+            return "unavailable"
+        try:
+            uploader = Uploader(self.config)
+            uploader.check_store()
+        except Exception as exc:  # noqa: BLE001 - containment goes on without the store
+            log.error("evidence store %s is not usable: %s; bundles stay in the spool until "
+                      "it is fixed and serve restarted", self.config.evidence.store, exc)
+            return "failed"
+        self._spawn("dfir-ar-uploader", uploader.run, self.stop_event)
+        return f"on ({self.config.evidence.store})"
+
+    def _run_source(self, source: Any) -> None:
+        try:
+            source.run(self.handle, self.stop_event)
+        except Exception as exc:  # noqa: BLE001 - any failure stops serve, loudly
+            # The source stops rather than skip an alert it could not record; serve stops too
+            # so a supervisor restarts it and the cursor resumes at the unrecorded alert.
+            log.critical("source %s stopped: %s; stopping serve", source.name, exc)
+            self.errors.append(exc)
+            self.stop_event.set()
+            if self.executor is not None:
+                self.executor.wake()
+
+    def wait(self) -> None:
+        self.stop_event.wait()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.executor is not None:
+            self.executor.wake()
+        for thread in self._threads:
+            if thread.name.startswith("dfir-ar-source"):
+                thread.join(timeout=5)
+        if self.control is not None:
+            self.control.stop()
+        if self.executor is not None:
+            self.executor.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self.ledger is not None:
+            self.ledger.close()
+        log.info("dfir-ar serve stopped (%s)", dict(self.counters) or "no alerts")
+
+    # -- the source handler (seam A) -----------------------------------------------------
+
+    def handle(self, item: Any, cursor: Any) -> None:
+        """One alert (or rejected record) from a source, with the cursor just after it."""
+        assert self.executor is not None and self.ledger is not None
+        if not isinstance(item, Alert):
+            self.counters["rejected"] += 1
+            log.warning("rejected alert record: %s: %s", getattr(item, "reason", "?"),
+                        getattr(item, "excerpt", ""))
+            if cursor is not None:
+                self.ledger.store_cursor(cursor.source, cursor.position, self.clock.now())
+            return
+        self.counters["alerts"] += 1
+        with self._decide_lock:
+            decisions = self.pipeline.decide(item, self.clock.now())
+        orders: list[Order] = []
+        for d in decisions:
+            if d.order is None:
+                self.counters["refused"] += 1
+                log.warning(
+                    "alert %s (rule %s, srcip %r): %s not run: %s",
+                    item.id, item.rule_id, item.srcip, d.command or "response", d.refused,
+                )
+                _audit_refusal(self.audit, self.clock.now(), item, d.command, d.refused or "")
+                continue
+            if not self._runs_here(d.order):
+                continue
+            orders.append(d.order)
+        self.counters["orders"] += len(orders)
+        self.executor.accept(orders, cursor=cursor)
+
+    def _runs_here(self, order: Order) -> bool:
+        g = self.config.global_
+        if order.location is Location.DEFINED_AGENT and g.agent_id not in order.agent_ids:
+            self.counters["not_here"] += 1
+            log.warning(
+                "order %s (%s) is for agent(s) %s; this local-mode host is %s and fleet mode is "
+                "not available in this build: not run",
+                order.id, order.command, ",".join(order.agent_ids), g.agent_id,
+            )
+            return False
+        return True
+
+    # -- the control socket ------------------------------------------------------------
+
+    def _dispatch_control(self, req: dict[str, Any], operator: str) -> dict[str, Any]:
+        assert self.executor is not None
+        op = req.get("op")
+        if op == "ping":
+            return {"ok": True, "active": self.executor.active_count(),
+                    "pending_timeouts": self.executor.pending()}
+        if op == "run":
+            order = order_from_request(self.config, req, operator)
+            log.warning("manual order %s: %s by %s", order.id, order.command, operator)
+            ticket = self.executor.submit(order)
+            if not req.get("wait"):
+                if ticket.done():
+                    return _result_response(ticket.result())
+                return {"ok": True, "accepted": True, "order_id": order.id}
+            return _result_response(ticket.result(timeout=WAIT_LIMIT))
+        if op == "release":
+            key = req.get("key")
+            command = req.get("command")
+            if not isinstance(key, str) or not key or len(key) > 256:
+                raise UsageError("release needs a key or an order id")
+            if command is not None and not isinstance(command, str):
+                raise UsageError("command must be a string")
+            log.warning("release %s%s by %s", key, f" ({command})" if command else "", operator)
+            results = self.executor.release(key, command)
+            return {"ok": all(r.ok for r in results), "found": len(results),
+                    "results": [r.as_dict() for r in results]}
+        raise UsageError(f"unknown control operation {op!r}")
+
+
+def _result_response(result: Result) -> dict[str, Any]:
+    return {"ok": result.ok, "result": result.as_dict(), "error": result.error}
+
+
+def _audit_refusal(audit: AuditLog, now: float, alert: Alert, command: str, reason: str) -> None:
+    """An intake-side refusal (white list, bad srcip, ...) as an audit record: nothing ran."""
+    audit.write(
+        AuditRecord(time=now, order_id="", command=command, action="refused", key=None,
+                    outcome="refused", error=reason, srcip=None if alert.srcip is None else alert.srcip[:80],
+                    alert_id=alert.id, rule_id=alert.rule_id)
+    )
