@@ -184,6 +184,10 @@ class SourceConfig(Strict):
     token: str | None = Field(default=None, min_length=16)
     token_file: Path | None = None
     max_alert_bytes: int = Field(default=65_536, ge=1024)
+    start_at: Literal["end", "beginning"] = "end"
+    """type = "file", first start only (no saved cursor yet): "end" follows only new alerts, like
+    Wazuh's only-future-events, so old alerts do not trigger fresh blocks; "beginning" reads the
+    whole file. Later starts always resume from the saved cursor."""
 
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:
@@ -218,6 +222,12 @@ class EvidenceConfig(Strict):
     multipart_threshold_mb: int = Field(default=64, ge=5)
     part_size_mb: int = Field(default=64, ge=5)
     upload_concurrency: int = Field(default=8, ge=1, le=64)
+    upload_rate_limit_mbps: float | None = Field(default=None, gt=0)
+    """Cap on upload bandwidth in MiB/s (all parts together); None: as fast as the link goes."""
+    content_md5: bool = False
+    """Also send Content-MD5 on every write, for S3 clones that ignore x-amz-checksum-sha256."""
+    retry_max_seconds: float = Field(default=300.0, gt=0)
+    """Longest back-off between upload attempts while the store is down."""
 
     @model_validator(mode="after")
     def _check(self) -> EvidenceConfig:

@@ -1,0 +1,371 @@
+"""The incident responder's side of the store: list bundles from their manifest objects (never
+downloading a bundle), fetch one (size and SHA-256 checked against what the uploader recorded),
+verify every hash and the signature, and only then extract; presigned URLs.
+
+Listing walks the layout ``<prefix>/<agent>/<YYYY>/<MM>/<DD>/`` with delimiter listings and
+prunes agents and days outside the filter, so ``--agent`` and ``--since`` cost a few requests,
+not a scan of the whole bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from dfir_ar.errors import (
+    EvidenceError,
+    RefusedInput,
+    StoreError,
+    UsageError,
+    VerificationFailed,
+)
+from dfir_ar.evidence.spool import ManifestFacts
+from dfir_ar.evidence.stores.base import (
+    BUNDLE_SUFFIX,
+    MANIFEST_SUFFIX,
+    NO_PROGRESS,
+    EvidenceStore,
+    ObjectInfo,
+    Progress,
+    bundle_key,
+    check_agent_id,
+    check_bundle_id,
+    manifest_key,
+)
+from dfir_ar.ids import id_time
+
+_STATUS_ORDER = {"ok": 0, "partial": 1, "failed": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class BundleEntry:
+    """One bundle as its manifest object describes it."""
+
+    bundle_id: str
+    agent_id: str
+    hostname: str
+    created: datetime
+    rule_id: str
+    alert_id: str
+    srcip: str
+    status: str
+    collectors: tuple[str, ...]
+    artifacts: int
+    artifact_bytes: int
+    signed: bool
+    manifest_key: str
+    bundle_key: str
+    manifest: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, data: bytes, prefix: str, fallback_id: str = "") -> BundleEntry:
+        facts = ManifestFacts.from_json(data, fallback_id=fallback_id)
+        raw = facts.raw
+        trigger = _dict(raw.get("trigger"))
+        agent = _dict(raw.get("agent"))
+        collectors = [c for c in raw.get("collectors") or () if isinstance(c, dict)]
+        artifacts = [a for a in raw.get("artifacts") or () if isinstance(a, dict)]
+        statuses = [str(c.get("status", "failed")) for c in collectors] or ["failed"]
+        return cls(
+            bundle_id=facts.bundle_id,
+            agent_id=facts.agent_id,
+            hostname=str(agent.get("hostname") or ""),
+            created=facts.created,
+            rule_id=facts.rule_id,
+            alert_id=facts.alert_id,
+            srcip=str(trigger.get("srcip") or ""),
+            status=max(statuses, key=lambda s: _STATUS_ORDER.get(s, 2)),
+            collectors=tuple(str(c.get("name", "?")) for c in collectors),
+            artifacts=len(artifacts),
+            artifact_bytes=sum(int(a.get("size") or 0) for a in artifacts),
+            signed=bool(raw.get("signed")),
+            manifest_key=manifest_key(prefix, facts.agent_id, facts.created, facts.bundle_id),
+            bundle_key=bundle_key(prefix, facts.agent_id, facts.created, facts.bundle_id),
+            manifest=raw,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bundle_id": self.bundle_id,
+            "agent_id": self.agent_id,
+            "hostname": self.hostname,
+            "created": self.created.isoformat(),
+            "rule_id": self.rule_id or None,
+            "alert_id": self.alert_id or None,
+            "srcip": self.srcip or None,
+            "status": self.status,
+            "collectors": list(self.collectors),
+            "artifacts": self.artifacts,
+            "artifact_bytes": self.artifact_bytes,
+            "signed": self.signed,
+            "bundle_key": self.bundle_key,
+            "manifest_key": self.manifest_key,
+        }
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    agent: str | None = None
+    rule: str | None = None
+    alert: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def keeps(self, entry: BundleEntry) -> bool:
+        if self.rule is not None and entry.rule_id != self.rule:
+            return False
+        if self.alert is not None and entry.alert_id != self.alert:
+            return False
+        if self.since is not None and entry.created < self.since:
+            return False
+        return not (self.until is not None and entry.created > self.until)
+
+
+def _root(store: EvidenceStore) -> str:
+    return f"{store.prefix}/" if store.prefix else ""
+
+
+def _day_ranges(flt: Filter) -> tuple[date, date]:
+    low = flt.since.astimezone(UTC).date() if flt.since else date.min
+    high = flt.until.astimezone(UTC).date() if flt.until else date.max
+    return low, high
+
+
+def _walk_days(store: EvidenceStore, agent_root: str, low: date, high: date) -> Iterator[str]:
+    """Day prefixes ``.../YYYY/MM/DD/`` under an agent that can hold bundles in [low, high]."""
+    for year in store.list_dirs(agent_root):
+        if not (len(year) == 4 and year.isdigit()) or not low.year <= int(year) <= high.year:
+            continue
+        for month in store.list_dirs(f"{agent_root}{year}/"):
+            if not (len(month) == 2 and month.isdigit()):
+                continue
+            ym = (int(year), int(month))
+            if not (low.year, low.month) <= ym <= (high.year, high.month):
+                continue
+            for day in store.list_dirs(f"{agent_root}{year}/{month}/"):
+                if not (len(day) == 2 and day.isdigit()):
+                    continue
+                try:
+                    d = date(int(year), int(month), int(day))
+                except ValueError:
+                    continue
+                if low <= d <= high:
+                    yield f"{agent_root}{year}/{month}/{day}/"
+
+
+def list_bundles(store: EvidenceStore, flt: Filter, *, workers: int = 8) -> list[BundleEntry]:
+    """Bundles matching ``flt``, oldest first, read from the manifest objects only.
+
+    A manifest that cannot be parsed is reported as an error naming its key, not skipped in
+    silence (it may be the one the responder is looking for).
+    """
+    root = _root(store)
+    agents = [check_agent_id(flt.agent)] if flt.agent else store.list_dirs(root)
+    low, high = _day_ranges(flt)
+    keys: list[str] = []
+    for agent in agents:
+        for day_prefix in _walk_days(store, f"{root}{agent}/", low, high):
+            keys.extend(
+                o.key for o in store.list_keys(day_prefix) if o.key.endswith(MANIFEST_SUFFIX)
+            )
+
+    def read(key: str) -> BundleEntry:
+        data = store.read_small(key)
+        try:
+            return BundleEntry.from_manifest(data, store.prefix, _id_from_key(key))
+        except (EvidenceError, RefusedInput) as exc:
+            raise StoreError(f"{store.describe(key)}: {exc}") from None
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StoreError(f"{store.describe(key)}: unreadable manifest ({exc})") from None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        entries = list(pool.map(read, keys))
+    return sorted((e for e in entries if flt.keeps(e)), key=lambda e: (e.created, e.bundle_id))
+
+
+def _id_from_key(key: str) -> str:
+    return key.rsplit("/", 1)[-1].removesuffix(MANIFEST_SUFFIX)
+
+
+def find_bundle(store: EvidenceStore, bundle_id: str, *, agent: str | None = None) -> BundleEntry:
+    """Locate a bundle by id: its id encodes when collection started, so only that day and the
+    next (a collection can run past midnight before it is sealed) are looked at, per agent."""
+    check_bundle_id(bundle_id)
+    started = datetime.fromtimestamp(id_time(bundle_id), UTC)
+    days = [started, started + timedelta(days=1)]
+    root = _root(store)
+    agents = [check_agent_id(agent)] if agent else store.list_dirs(root)
+    for agent_id in agents:
+        for day in days:
+            key = manifest_key(store.prefix, agent_id, day, bundle_id)
+            if store.head(key) is not None:
+                return BundleEntry.from_manifest(store.read_small(key), store.prefix, bundle_id)
+    where = f"agent {agent}" if agent else f"{len(agents)} agent(s)"
+    raise StoreError(
+        f"bundle {bundle_id} is not in {store.url} (looked under {where} for "
+        f"{started:%Y-%m-%d} and the day after); `dfir-ar bundles list` shows what is there"
+    )
+
+
+class _HashingWriter:
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.out.write(data)
+
+
+def _disk_error(action: str, where: Path, exc: OSError) -> EvidenceError:
+    if exc.errno == errno.ENOSPC:
+        return EvidenceError(
+            f"no space left on the device holding {where} while trying to {action}; "
+            "nothing was extracted; free space or pass -o DIR on another disk"
+        )
+    return EvidenceError(f"cannot {action} in {where}: {exc.strerror or exc}")
+
+
+def download_bundle(
+    store: EvidenceStore, entry: BundleEntry, dest: Path, *, progress: Progress = NO_PROGRESS
+) -> tuple[ObjectInfo, list[str]]:
+    """Download the bundle object to ``dest`` and compare it with the size and SHA-256 the
+    uploader recorded. Returns the object info and the problems found (empty when it matches);
+    a broken-off transfer raises StoreError."""
+    info = store.head(entry.bundle_key)
+    if info is None:
+        raise StoreError(
+            f"{store.describe(entry.bundle_key)} is missing although its manifest is there "
+            "(upload interrupted, or deleted from the store)"
+        )
+    try:
+        with dest.open("wb") as fh:
+            writer = _HashingWriter(fh)
+            store.download(entry.bundle_key, writer, progress=progress)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise _disk_error("download the bundle", dest.parent, exc) from None
+    problems = []
+    if writer.size != info.size:
+        raise StoreError(
+            f"download of {store.describe(entry.bundle_key)} is truncated: {writer.size} of "
+            f"{info.size} bytes; nothing was extracted, run the command again"
+        )
+    if info.meta is not None and writer.sha.hexdigest() != info.meta.sha256:
+        problems.append(
+            f"the bundle's SHA-256 {writer.sha.hexdigest()} is not the {info.meta.sha256} "
+            "recorded when it was uploaded (changed in the store)"
+        )
+    return info, problems
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    entry: BundleEntry
+    archive: Path
+    extracted: Path | None
+    report: Any
+    """dfir_ar.evidence.verify.VerifyReport"""
+
+
+def fetch_and_verify(
+    store: EvidenceStore,
+    bundle_id: str,
+    out_dir: Path,
+    *,
+    public_key: Path | None,
+    allow_unsigned: bool = False,
+    extract: bool = True,
+    agent: str | None = None,
+    progress_factory: Callable[[int], Progress] | None = None,
+) -> Fetched:
+    """``bundles get``: download to a temporary name, check size and SHA-256, verify every hash
+    and the signature, then (only then) move the archive to ``out_dir/<id>.tar.zst`` and extract
+    into ``out_dir/<id>/``. On any failure nothing is left that looks like a good bundle."""
+    from dfir_ar.evidence.verify import verify_bundle
+
+    entry = find_bundle(store, bundle_id, agent=agent)
+    final_archive = out_dir / f"{entry.bundle_id}{BUNDLE_SUFFIX}"
+    final_dir = out_dir / entry.bundle_id
+    for existing in (final_dir, final_archive) if extract else (final_archive,):
+        if existing.exists():
+            raise UsageError(f"{existing} already exists; remove it or pass -o another directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{entry.bundle_id}.", dir=out_dir))
+    except OSError as exc:
+        raise _disk_error("create a work directory", out_dir, exc) from None
+    try:
+        tmp = work / f"{entry.bundle_id}{BUNDLE_SUFFIX}"
+        info = store.head(entry.bundle_key)
+        progress = progress_factory(info.size if info else 0) if progress_factory else NO_PROGRESS
+        _, problems = download_bundle(store, entry, tmp, progress=progress)
+        report = verify_bundle(tmp, public_key, allow_unsigned=allow_unsigned)
+        problems.extend(report.problems)
+        if report.manifest is not None and report.manifest.bundle_id != entry.bundle_id:
+            problems.append(
+                f"the archive holds bundle {report.manifest.bundle_id}, not {entry.bundle_id}"
+            )
+        if problems:
+            raise VerificationFailed(
+                f"bundle {entry.bundle_id} from {store.describe(entry.bundle_key)} FAILED "
+                "verification; nothing was extracted:\n  - " + "\n  - ".join(problems)
+            )
+        extracted: Path | None = None
+        if extract:
+            target = work / "extract"
+            _extract(tmp, target)
+            target.rename(final_dir)
+            extracted = final_dir
+        tmp.rename(final_archive)
+        return Fetched(entry, final_archive, extracted, report)
+    except OSError as exc:
+        raise _disk_error("write the bundle", out_dir, exc) from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _extract(archive: Path, target: Path) -> None:
+    """Extract a verified archive. Streams the first zstd frame (the trailer after it is a
+    skippable frame the decompressor never reaches) and uses tarfile's ``data`` filter, so even
+    a bundle that passed verification cannot write outside ``target`` or create devices."""
+    import zstandard
+
+    target.mkdir(parents=True)
+    with archive.open("rb") as fh:
+        reader = zstandard.ZstdDecompressor().stream_reader(fh)
+        with contextlib.closing(reader), tarfile.open(fileobj=reader, mode="r|") as tar:
+            tar.extractall(target, filter="data")
+
+
+def fetch_for_verify(
+    store: EvidenceStore, bundle_id: str, work: Path, *, agent: str | None = None
+) -> tuple[Path, list[str]]:
+    """``bundles verify ID``: download into ``work`` and return the file and any mismatch with
+    the upload record; the caller runs verify_bundle on it."""
+    entry = find_bundle(store, bundle_id, agent=agent)
+    dest = work / f"{entry.bundle_id}{BUNDLE_SUFFIX}"
+    _, problems = download_bundle(store, entry, dest)
+    return dest, problems
+
+
+def presign_bundle(
+    store: EvidenceStore, bundle_id: str, expires: int, *, agent: str | None = None
+) -> tuple[BundleEntry, str]:
+    entry = find_bundle(store, bundle_id, agent=agent)
+    return entry, store.presign(entry.bundle_key, expires)

@@ -1,0 +1,443 @@
+"""The spool: a durable upload queue on disk, and the Uploader that drains it into the store.
+
+Nothing is lost: a sealed bundle (``<id>.tar.zst`` plus ``<id>.manifest.json``, written last,
+in ``<spool_dir>/ready/``) leaves the spool only after the store confirmed its size and SHA-256,
+and the manifest object after it. While the store is down the Uploader retries with exponential
+back-off and full jitter; a multipart upload killed half-way resumes from the parts recorded in
+``<id>.upload.jsonl`` beside the bundle. One uploader per spool at a time (an flock on
+``<spool_dir>/upload.lock``, released by the kernel even on kill -9), so ``serve`` and a
+one-shot ``wazuh-ar`` never send the same bundle twice at once. A bundle whose manifest cannot
+be read is moved to ``<spool_dir>/quarantine/`` with a log line, never deleted.
+
+Spool layout::
+
+    <spool_dir>/ready/<id>.tar.zst          sealed bundle (bundle.py renames it in)
+    <spool_dir>/ready/<id>.manifest.json    its manifest, written last: the "ready" mark
+    <spool_dir>/ready/<id>.upload.jsonl     multipart resume log while an upload is under way
+    <spool_dir>/quarantine/                 what could not be uploaded as is, kept for a human
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dfir_ar.clock import Clock, SystemClock
+from dfir_ar.config.models import Config
+from dfir_ar.errors import DfirArError, StateError, StoreError
+from dfir_ar.evidence.stores.base import (
+    BUNDLE_SUFFIX,
+    MANIFEST_SUFFIX,
+    EvidenceStore,
+    ObjectMeta,
+    StoreUnavailable,
+    UploadStats,
+    bundle_key,
+    check_agent_id,
+    check_bundle_id,
+    manifest_key,
+    open_store,
+    sha256_file,
+)
+from dfir_ar.ids import id_time, is_id
+
+log = logging.getLogger("dfir_ar.evidence.spool")
+
+RESUME_SUFFIX = ".upload.jsonl"
+SPOOL_FULL_MARK = "DFIR-AR SPOOL FULL"
+"""A fixed phrase in the log line, for a SIEM rule to match."""
+
+
+class SpoolFull(StateError):
+    """The spool is at its quota; a new bundle would fill the disk."""
+
+
+# -- manifest facts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestFacts:
+    """The few manifest fields the store layout, the object metadata and ``bundles list`` use.
+
+    Read from the raw JSON rather than the full pydantic model so an uploader never refuses to
+    move a bundle written by a newer (or older) schema version: nothing lost.
+    """
+
+    bundle_id: str
+    agent_id: str
+    created: datetime
+    rule_id: str
+    alert_id: str
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, data: bytes, *, fallback_id: str = "") -> ManifestFacts:
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(f"manifest is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise StoreError("manifest is not a JSON object")
+        bundle_id = str(raw.get("bundle_id") or raw.get("id") or fallback_id)
+        check_bundle_id(bundle_id)
+        agent = raw.get("agent")
+        agent_id = str(agent.get("id", "")) if isinstance(agent, dict) else ""
+        if not agent_id:
+            raise StoreError(f"manifest of {bundle_id} has no agent.id")
+        check_agent_id(agent_id)
+        created = parse_time(raw.get("created")) or datetime.fromtimestamp(id_time(bundle_id), UTC)
+        trigger = raw.get("trigger")
+        trigger = trigger if isinstance(trigger, dict) else {}
+        return cls(
+            bundle_id=bundle_id,
+            agent_id=agent_id,
+            created=created,
+            rule_id=_text(trigger.get("rule_id")),
+            alert_id=_text(trigger.get("alert_id")),
+            raw=raw,
+        )
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO-8601 text or epoch seconds, as an aware UTC datetime (naive input is UTC)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(float(value), UTC)
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+# -- pure policy ------------------------------------------------------------------------------
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential back-off with full jitter (AWS architecture blog): uniform in
+    [0, min(cap, base * 2**(attempt-1))], so many agents coming back after an outage spread out
+    instead of hammering the store in lock-step."""
+    ceiling = min(cap, base * (2 ** max(0, min(attempt - 1, 30))))
+    return rng.uniform(0, ceiling)
+
+
+def spool_usage(spool_dir: Path) -> int:
+    """Bytes held under the spool (ready, staging, quarantine)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(spool_dir):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def check_spool_quota(config: Config, incoming: int = 0) -> None:
+    """Raise SpoolFull (and log an alert-worthy line) if ``incoming`` more bytes would take the
+    spool past ``evidence.spool_quota_mb``. Collection calls this before it starts a bundle."""
+    quota = config.evidence.spool_quota_mb * 1024 * 1024
+    used = spool_usage(config.spool_dir)
+    if used + incoming > quota:
+        message = (
+            f"{SPOOL_FULL_MARK}: {config.spool_dir} holds {used / 2**20:.0f} MiB of "
+            f"{config.evidence.spool_quota_mb} MiB (evidence.spool_quota_mb); no new evidence is "
+            "collected until the store takes the waiting bundles (check `dfir-ar bundles push` "
+            "and the store) or the quota is raised"
+        )
+        log.critical(message)
+        raise SpoolFull(message)
+
+
+# -- the uploader -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    bundle_id: str
+    bundle: Path
+    manifest: Path
+
+    @property
+    def resume(self) -> Path:
+        return self.bundle.with_name(self.bundle_id + RESUME_SUFFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    bundle_id: str
+    bundle_key: str
+    size: int
+    seconds: float
+    stats: UploadStats
+
+
+class Uploader:
+    """Seam C: drains ``<spool_dir>/ready/`` into the configured store."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: EvidenceStore | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+        poll_interval: float = 2.0,
+    ) -> None:
+        self.config = config
+        self.store = store or open_store(config)
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
+        self.progress = progress
+        """Called with (bundle id, bytes done, bytes total) while a bundle goes up."""
+        self.poll_interval = poll_interval
+        self.ready_dir = config.spool_dir / "ready"
+        self.quarantine_dir = config.spool_dir / "quarantine"
+        self.uploaded: list[Uploaded] = []
+        """Every bundle this uploader confirmed, oldest first (the CLI and tests read it)."""
+        self._wake = threading.Event()
+        self._hashes: dict[tuple[str, int, int], str] = {}
+        self._last_quota_log = -1e18
+
+    # -- the seam ---------------------------------------------------------------------------
+
+    def check_store(self) -> None:
+        """A small write (and delete, where allowed) under this agent's prefix, so bad
+        credentials or a missing bucket are reported at start, before the first collection."""
+        self.store.check(check_agent_id(self.config.global_.agent_id))
+
+    def notify(self) -> None:
+        """Wake ``run()`` now (a collection just sealed a bundle)."""
+        self._wake.set()
+
+    def pending(self) -> list[SpoolEntry]:
+        """Sealed bundles waiting, oldest first (ids sort by time)."""
+        try:
+            names = os.listdir(self.ready_dir)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StateError(f"cannot read the spool {self.ready_dir}: {exc.strerror}") from None
+        entries = []
+        for name in sorted(names):
+            if not name.endswith(MANIFEST_SUFFIX):
+                continue
+            bundle_id = name.removesuffix(MANIFEST_SUFFIX)
+            if not is_id(bundle_id):
+                continue
+            entries.append(
+                SpoolEntry(
+                    bundle_id=bundle_id,
+                    bundle=self.ready_dir / (bundle_id + BUNDLE_SUFFIX),
+                    manifest=self.ready_dir / name,
+                )
+            )
+        return entries
+
+    def drain_once(self) -> int:
+        """Upload every ready bundle; returns how many left the spool.
+
+        Raises StoreError after trying them all if any stayed behind (the first error says
+        why); they stay in the spool for the next attempt. Returns 0 at once if another
+        uploader holds the spool lock.
+        """
+        with self._spool_lock() as locked:
+            if not locked:
+                log.debug("another uploader is draining %s", self.ready_dir)
+                return 0
+            count = 0
+            errors: list[StoreError] = []
+            for entry in self.pending():
+                try:
+                    if self._upload(entry):
+                        count += 1
+                except StoreError as exc:
+                    errors.append(exc)
+                    log.error("bundle %s stays in the spool: %s", entry.bundle_id, exc)
+                    if isinstance(exc, StoreUnavailable):
+                        break  # the store is down: the rest would fail the same way
+            self._log_quota()
+            if errors:
+                left = len(self.pending())
+                raise type(errors[0])(f"{left} bundle(s) wait in the spool; {errors[0]}")
+            return count
+
+    def run(self, stop: threading.Event) -> None:
+        """Drain until ``stop`` is set, backing off (exponential, full jitter) while the store
+        fails, and polling every ``poll_interval`` seconds (or at ``notify()``) otherwise."""
+        attempt = 0
+        cap = self.config.evidence.retry_max_seconds
+        while not stop.is_set():
+            try:
+                self.drain_once()
+                attempt = 0
+                delay = self.poll_interval
+            except DfirArError as exc:
+                attempt += 1
+                delay = backoff_delay(attempt, base=1.0, cap=cap, rng=self.rng)
+                log.warning("upload attempt %d failed: %s; next try in %.1fs", attempt, exc, delay)
+            except Exception:  # the thread must survive anything one bundle does to it
+                attempt += 1
+                delay = backoff_delay(attempt, base=1.0, cap=cap, rng=self.rng)
+                log.exception("uploader error; next try in %.1fs", delay)
+            self._sleep(delay, stop)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _sleep(self, delay: float, stop: threading.Event) -> None:
+        end = time.monotonic() + delay
+        while not stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            if self._wake.wait(min(0.25, left)):
+                self._wake.clear()
+                return
+
+    @contextlib.contextmanager
+    def _spool_lock(self) -> Iterator[bool]:
+        try:
+            self.config.spool_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.config.spool_dir / "upload.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open the spool lock in {self.config.spool_dir}: {exc}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    def _sha256(self, path: Path) -> str:
+        st = path.stat()
+        cache_key = (str(path), st.st_size, st.st_mtime_ns)
+        digest = self._hashes.get(cache_key)
+        if digest is None:
+            digest = sha256_file(path)
+            self._hashes = {cache_key: digest}  # keep one: the bundle being retried
+        return digest
+
+    def _quarantine(self, entry: SpoolEntry, reason: str) -> None:
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        for path in (entry.bundle, entry.resume, entry.manifest):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, self.quarantine_dir / path.name)
+        log.error(
+            "bundle %s moved to %s: %s (kept for a human; nothing deleted)",
+            entry.bundle_id, self.quarantine_dir, reason,
+        )
+
+    def _upload(self, entry: SpoolEntry) -> bool:
+        try:
+            manifest_bytes = entry.manifest.read_bytes()
+        except FileNotFoundError:
+            return False  # taken by another process between listing and now
+        except OSError as exc:
+            raise StateError(f"cannot read {entry.manifest}: {exc.strerror}") from None
+        try:
+            facts = ManifestFacts.from_json(manifest_bytes, fallback_id=entry.bundle_id)
+        except DfirArError as exc:
+            self._quarantine(entry, f"unreadable manifest: {exc}")
+            return False
+        if facts.bundle_id != entry.bundle_id:
+            self._quarantine(entry, f"manifest names bundle {facts.bundle_id}, file is {entry.bundle_id}")
+            return False
+        prefix = self.store.prefix
+        bkey = bundle_key(prefix, facts.agent_id, facts.created, facts.bundle_id)
+        mkey = manifest_key(prefix, facts.agent_id, facts.created, facts.bundle_id)
+        start = time.monotonic()
+        stats = UploadStats()
+        if not entry.bundle.exists():
+            # A crash after the bundle was dropped but before its manifest was: finish the job
+            # only if the store really has the bundle.
+            if self.store.head(bkey) is None:
+                self._quarantine(entry, f"manifest without {entry.bundle.name}, and not in the store")
+                return False
+            size = 0
+        else:
+            size = entry.bundle.stat().st_size
+            meta = ObjectMeta(
+                agent_id=facts.agent_id,
+                bundle_id=facts.bundle_id,
+                sha256=self._sha256(entry.bundle),
+                rule_id=facts.rule_id,
+                alert_id=facts.alert_id,
+            )
+            report = self._reporter(entry.bundle_id, size)
+            self.store.put_file(
+                entry.bundle, bkey, meta, resume_state=entry.resume, progress=report, stats=stats
+            )
+        manifest_meta = ObjectMeta(
+            agent_id=facts.agent_id,
+            bundle_id=facts.bundle_id,
+            sha256=self._sha256(entry.manifest),
+            rule_id=facts.rule_id,
+            alert_id=facts.alert_id,
+        )
+        self.store.put_file(entry.manifest, mkey, manifest_meta)
+        # Both confirmed: now, and only now, the local copies go (manifest last, so a crash in
+        # between leaves a manifest that the branch above finishes).
+        for path in (entry.resume, entry.bundle, entry.manifest):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        seconds = time.monotonic() - start
+        self.uploaded.append(Uploaded(facts.bundle_id, bkey, size, seconds, stats))
+        log.info(
+            "bundle %s stored at %s (%d bytes in %.1fs%s%s)",
+            facts.bundle_id,
+            self.store.describe(bkey),
+            size,
+            seconds,
+            f", {stats.parts_reused} of {stats.parts_total} parts resumed" if stats.parts_reused else "",
+            ", already in the store" if stats.skipped_existing else "",
+        )
+        return True
+
+    def _reporter(self, bundle_id: str, total: int) -> Callable[[int], None]:
+        if self.progress is None:
+            return lambda _n: None
+        done = 0
+        lock = threading.Lock()
+        sink = self.progress
+
+        def report(n: int) -> None:
+            nonlocal done
+            with lock:
+                done += n
+                current = done
+            sink(bundle_id, current, total)
+
+        return report
+
+    def _log_quota(self) -> None:
+        now = self.clock.monotonic()
+        if now - self._last_quota_log < 60:
+            return
+        quota = self.config.evidence.spool_quota_mb * 1024 * 1024
+        used = spool_usage(self.config.spool_dir)
+        if used > quota * 0.9:
+            self._last_quota_log = now
+            log.critical(
+                "%s: %s holds %.0f MiB of its %d MiB quota; the store is not taking bundles fast "
+                "enough",
+                SPOOL_FULL_MARK if used >= quota else "DFIR-AR SPOOL NEARLY FULL",
+                self.config.spool_dir, used / 2**20, self.config.evidence.spool_quota_mb,
+            )
