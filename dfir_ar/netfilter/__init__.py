@@ -60,8 +60,9 @@ def _build(
 ) -> FirewallBackend:
     if name == "nftables":
         from dfir_ar.netfilter.libnft import LibNft
-        from dfir_ar.netfilter.nftables import NftablesBackend
+        from dfir_ar.netfilter.nftables import NftablesBackend, check_table_name
 
+        check_table_name(table)
         nft = LibNft()
         # A probe the kernel must answer: without CAP_NET_ADMIN or nf_tables, this fails here
         # rather than at the first block.

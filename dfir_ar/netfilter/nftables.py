@@ -45,6 +45,15 @@ _SETS: tuple[tuple[str, str, str, str, str], ...] = (
 )
 
 
+def check_table_name(table: str) -> str:
+    if not _NAME.match(table):
+        raise ConfigError(
+            f"[responders.firewall-drop] table = {table!r}: use letters, digits and '_' "
+            "(starting with a letter, at most 32 characters)"
+        )
+    return table
+
+
 class NftablesBackend(FirewallBackend):
     """Blocks as elements of nftables timeout sets, written through libnftables in-process."""
 
@@ -60,12 +69,7 @@ class NftablesBackend(FirewallBackend):
         nft: LibNft | None = None,
     ) -> None:
         super().__init__(allow)
-        if not _NAME.match(table):
-            raise ConfigError(
-                f"[responders.firewall-drop] table = {table!r}: use letters, digits and '_' "
-                "(starting with a letter, at most 32 characters)"
-            )
-        self.table = table
+        self.table = check_table_name(table)
         self.priority = priority
         self.nft = nft or LibNft()
         self._updates_timeout: bool | None = None
