@@ -51,10 +51,13 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: st
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(*headers, show_lines=False)
         for row in rows:
-            table.add_row(*("" if c is None else str(c) for c in row))
+            # Text, not str: cells carry alert fields, and rich would read "[/x]" as markup
+            # (and raise MarkupError on an unbalanced tag an attacker wrote).
+            table.add_row(*(Text("" if c is None else str(c)) for c in row))
         Console().print(table)
         return
     cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in r] for r in rows]]

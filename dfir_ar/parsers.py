@@ -1,0 +1,461 @@
+"""Alert parsers: Wazuh ``alerts.json`` lines, OSSEC ``alerts.log`` blocks, plain JSON.
+
+Every byte here is attacker-controlled (an attacker writes the logs the alerts quote, and the HTTP
+source takes alerts from the network). So each parser either returns an :class:`Alert` or raises a
+:class:`MalformedAlert` whose message says what was wrong; nothing is guessed or "cleaned".
+
+The hot path is ``json.loads`` plus a few ``isinstance`` checks building a slotted dataclass: no
+pydantic here, because the engine has to keep up with at least 0.3x the plain ``json.loads`` rate.
+
+Refusals::
+
+    RefusedInput
+    └── MalformedAlert      not JSON, wrong shape, wrong type, unknown field (plain JSON)
+        ├── OversizedAlert  longer than max_alert_bytes
+        ├── NotUtf8         a byte sequence that is not UTF-8
+        └── UnknownFormat   the first bytes are neither JSON nor an OSSEC alert header
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from dfir_ar.alert import MANAGER_AGENT_ID, Alert
+from dfir_ar.errors import RefusedInput
+
+DEFAULT_MAX_ALERT_BYTES = 65_536
+Format = Literal["wazuh", "ossec", "json"]
+FORMATS: tuple[str, ...] = ("auto", "wazuh", "ossec", "json")
+
+# Wazuh/OSSEC levels are 0-16; the config accepts up to 20, so do we.
+MAX_LEVEL = 20
+MAX_GROUPS = 64
+# A rule id is a small positive integer; ten digits keeps int() away from huge-number DoS.
+_MAX_RULE_ID_DIGITS = 10
+
+
+class MalformedAlert(RefusedInput):
+    """The bytes are not an alert of the expected format; the message says why."""
+
+
+class OversizedAlert(MalformedAlert):
+    pass
+
+
+class NotUtf8(MalformedAlert):
+    pass
+
+
+class UnknownFormat(MalformedAlert):
+    pass
+
+
+def excerpt(data: bytes | str, limit: int = 120) -> str:
+    """A short, printable, log-safe rendering of hostile input (escapes controls and non-ASCII)."""
+    text = data[: limit * 4].decode("utf-8", "backslashreplace") if isinstance(data, bytes) else data
+    cut = len(text) > limit
+    shown = text[:limit].encode("unicode_escape", "backslashreplace").decode("ascii")
+    return shown + ("..." if cut else "")
+
+
+def _decode(data: bytes, max_bytes: int) -> str:
+    if len(data) > max_bytes:
+        raise OversizedAlert(f"alert is {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotUtf8(f"byte {exc.start} is not UTF-8 (0x{data[exc.start]:02x})") from None
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        # json's C decoder recurses per nesting level: a "[[[[..." bomb must not kill the reader.
+        raise MalformedAlert("JSON nested too deeply") from None
+    except ValueError as exc:
+        # JSONDecodeError, and int() refusing a number with more than 4300 digits.
+        raise MalformedAlert(f"not valid JSON: {exc}") from None
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _wrong(what: str, expected: str, value: object) -> MalformedAlert:
+    return MalformedAlert(f"{what}: expected {expected}, got {_type_name(value)} {excerpt(repr(value), 40)}")
+
+
+def _rule_id(value: object, what: str) -> int:
+    # Wazuh writes the id as a string ("5712"); plain JSON senders often use a number.
+    if type(value) is int:
+        if 0 <= value < 10**_MAX_RULE_ID_DIGITS:
+            return value
+        raise MalformedAlert(f"{what}: {value} is out of range")
+    if isinstance(value, str):
+        # isascii: int() would also accept Arabic-Indic and other Unicode digits.
+        if value.isascii() and value.isdigit() and len(value) <= _MAX_RULE_ID_DIGITS:
+            return int(value)
+        raise MalformedAlert(f"{what}: {excerpt(value, 40)!s} is not a rule number")
+    raise _wrong(what, "a rule number", value)
+
+
+def _level(value: object, what: str) -> int:
+    if type(value) is int and 0 <= value <= MAX_LEVEL:
+        return value
+    if type(value) is int:
+        raise MalformedAlert(f"{what}: {value} is outside 0..{MAX_LEVEL}")
+    raise _wrong(what, "an integer level", value)
+
+
+def _groups(value: object, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        # OSSEC style "syslog,sshd," (plain JSON senders use it too).
+        value = [g for g in value.split(",") if g]
+    if not isinstance(value, list):
+        raise _wrong(what, "a list of group names", value)
+    if len(value) > MAX_GROUPS:
+        raise MalformedAlert(f"{what}: {len(value)} groups; at most {MAX_GROUPS}")
+    for g in value:
+        # A comma inside a name would forge extra entries in the comma-terminated group string
+        # that rules_group matches against.
+        if not isinstance(g, str) or "," in g or not g:
+            raise MalformedAlert(f"{what}: {excerpt(repr(g), 40)} is not a group name")
+    return tuple(value)
+
+
+def _opt_str(value: object, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _wrong(what, "a string", value)
+
+
+def _opt_obj(value: object, what: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    raise _wrong(what, "an object", value)
+
+
+def alert_from_wazuh(obj: object) -> Alert:
+    """Build an Alert from a decoded alerts.json object (the shape Wazuh writes).
+
+    Unknown keys are kept in ``raw`` and otherwise ignored: Wazuh adds fields between versions
+    (``rule.mitre``, ``GeoLocation``, decoder-specific ``data.*``), so refusing them would drop
+    real alerts. Every field dfir-ar reads must have the right type, or the alert is refused.
+    """
+    if not isinstance(obj, dict):
+        raise _wrong("alert", "a JSON object", obj)
+    rule = obj.get("rule")
+    if not isinstance(rule, dict):
+        raise _wrong("rule", "an object", rule)
+    rule_id = _rule_id(rule.get("id"), "rule.id")
+    level = _level(rule.get("level"), "rule.level")
+    groups = _groups(rule.get("groups"), "rule.groups")
+    description = _opt_str(rule.get("description"), "rule.description") or ""
+    agent = _opt_obj(obj.get("agent"), "agent")
+    agent_id = _opt_str(agent.get("id"), "agent.id")
+    data = _opt_obj(obj.get("data"), "data")
+    syscheck = _opt_obj(obj.get("syscheck"), "syscheck")
+    filename = _opt_str(data.get("filename"), "data.filename")
+    if filename is None:
+        filename = _opt_str(syscheck.get("path"), "syscheck.path")
+    return Alert(
+        rule_id=rule_id,
+        level=level,
+        groups=groups,
+        id=_opt_str(obj.get("id"), "id"),
+        timestamp=_opt_str(obj.get("timestamp"), "timestamp"),
+        description=description,
+        agent_id=MANAGER_AGENT_ID if agent_id is None else agent_id,
+        agent_name=_opt_str(agent.get("name"), "agent.name") or "",
+        agent_ip=_opt_str(agent.get("ip"), "agent.ip"),
+        srcip=_opt_str(data.get("srcip"), "data.srcip"),
+        srcuser=_opt_str(data.get("srcuser"), "data.srcuser"),
+        dstuser=_opt_str(data.get("dstuser"), "data.dstuser"),
+        filename=filename,
+        location=_opt_str(obj.get("location"), "location") or "",
+        full_log=_opt_str(obj.get("full_log"), "full_log") or "",
+        raw=obj,
+    )
+
+
+# Plain JSON: a flat object a webhook or script can write by hand.
+_PLAIN_FIELDS = frozenset(
+    {
+        "rule_id", "level", "groups", "id", "timestamp", "description", "agent_id",
+        "agent_name", "agent_ip", "srcip", "srcuser", "dstuser", "user", "username",
+        "filename", "location", "full_log",
+    }
+)
+
+
+def alert_from_plain(obj: object) -> Alert:
+    """Build an Alert from a flat JSON object (``rule_id``, ``level``, ``srcip``, ``user``...).
+
+    This format is dfir-ar's own, so it is strict: an unknown key is refused with a suggestion,
+    because a typo such as ``src_ip`` would otherwise silently disable every srcip response.
+    """
+    if not isinstance(obj, dict):
+        raise _wrong("alert", "a JSON object", obj)
+    unknown = [k for k in obj if k not in _PLAIN_FIELDS]
+    if unknown:
+        import difflib
+
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), sorted(_PLAIN_FIELDS), n=1)
+        hint = f'; did you mean "{close[0]}"?' if close else ""
+        raise MalformedAlert(f"unknown field {excerpt(str(key), 40)!r}{hint}")
+    if "rule_id" not in obj or "level" not in obj:
+        raise MalformedAlert("a plain JSON alert needs rule_id and level")
+    user = _opt_str(obj.get("user"), "user")
+    username = _opt_str(obj.get("username"), "username")
+    dstuser = _opt_str(obj.get("dstuser"), "dstuser")
+    given = [u for u in (user, username, dstuser) if u is not None]
+    if len(set(given)) > 1:
+        raise MalformedAlert("user, username and dstuser disagree; send one of them")
+    agent_id = _opt_str(obj.get("agent_id"), "agent_id")
+    alert = Alert(
+        rule_id=_rule_id(obj.get("rule_id"), "rule_id"),
+        level=_level(obj.get("level"), "level"),
+        groups=_groups(obj.get("groups"), "groups"),
+        id=_opt_str(obj.get("id"), "id"),
+        timestamp=_opt_str(obj.get("timestamp"), "timestamp"),
+        description=_opt_str(obj.get("description"), "description") or "",
+        agent_id=MANAGER_AGENT_ID if agent_id is None else agent_id,
+        agent_name=_opt_str(obj.get("agent_name"), "agent_name") or "",
+        agent_ip=_opt_str(obj.get("agent_ip"), "agent_ip"),
+        srcip=_opt_str(obj.get("srcip"), "srcip"),
+        srcuser=_opt_str(obj.get("srcuser"), "srcuser"),
+        dstuser=given[0] if given else None,
+        filename=_opt_str(obj.get("filename"), "filename"),
+        location=_opt_str(obj.get("location"), "location") or "",
+        full_log=_opt_str(obj.get("full_log"), "full_log") or "",
+    )
+    # Scripts speaking the Wazuh protocol get the alerts.json shape, not our flat one.
+    return Alert(**{**_fields(alert), "raw": alert.to_wazuh()})
+
+
+def _fields(alert: Alert) -> dict[str, Any]:
+    return {name: getattr(alert, name) for name in Alert.__dataclass_fields__ if name != "raw"}
+
+
+def parse_wazuh_line(line: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> Alert:
+    """One line of Wazuh's alerts.json."""
+    return alert_from_wazuh(_loads(_decode(line, max_bytes)))
+
+
+def parse_plain_json(data: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> Alert:
+    """One flat JSON alert (see :func:`alert_from_plain`)."""
+    return alert_from_plain(_loads(_decode(data, max_bytes)))
+
+
+def parse_json_alert(data: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> Alert:
+    """A JSON alert of either shape: Wazuh's (has a ``rule`` object) or plain (has ``rule_id``)."""
+    obj = _loads(_decode(data, max_bytes))
+    if isinstance(obj, dict) and "rule" in obj:
+        return alert_from_wazuh(obj)
+    if isinstance(obj, dict) and "rule_id" in obj:
+        return alert_from_plain(obj)
+    raise MalformedAlert(
+        "JSON alert has neither a rule object (Wazuh alerts.json) nor rule_id (plain JSON)"
+    )
+
+
+def detect_format(first_bytes: bytes) -> Format:
+    """Tell a file's format from its first bytes: ``ossec``, ``wazuh`` or ``json``.
+
+    Raises UnknownFormat when the bytes are neither an OSSEC header nor a JSON object.
+    """
+    head = first_bytes.lstrip()
+    if head.startswith(b"** Alert "):
+        return "ossec"
+    if head.startswith(b"{"):
+        first = head.split(b"\n", 1)[0]
+        try:
+            obj = json.loads(first)
+        except (ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, dict):
+            return "json" if "rule_id" in obj and "rule" not in obj else "wazuh"
+        # An incomplete first line: judge by the keys we can see.
+        return "json" if b'"rule_id"' in first and b'"rule"' not in first else "wazuh"
+    raise UnknownFormat(
+        f"cannot tell the alert format from {excerpt(head, 40)!r}: expected a JSON object "
+        "(Wazuh alerts.json or plain JSON) or an OSSEC '** Alert' header"
+    )
+
+
+# --- OSSEC alerts.log ---------------------------------------------------------------------------
+
+_HEADER = re.compile(r"^\*\* Alert (\d{1,12}\.\d{1,12}):[^-]*- ?(.*)$")
+# "2016 Apr 21 13:09:51 (agent01) 198.51.100.20->/var/log/auth.log" (alert from an agent)
+# "2016 Apr 21 13:09:51 manager->/var/log/auth.log"                (alert from the manager)
+_ORIGIN = re.compile(
+    r"^(\d{4} \w{3} \d{1,2} \d{2}:\d{2}:\d{2}) "
+    r"(?:\((?P<agent>[^()]{1,128})\) (?P<aip>\S{1,64})|(?P<host>[^\s>]{1,256}))->(?P<loc>.*)$"
+)
+_RULE = re.compile(r"^Rule: (\d{1,10}) \(level (\d{1,2})\) -> '(.*)'\s*$")
+_FIELDS = {"Src IP": "srcip", "User": "dstuser", "Src User": "srcuser", "File": "filename"}
+_FIELD_LINE = re.compile(r"^(Src IP|Src Port|Dst IP|Dst Port|User|Src User|File|Src Location): ?(.*)$")
+
+
+def alert_from_ossec_block(lines: list[str]) -> Alert:
+    """Parse one alerts.log block (header, origin, rule, optional fields, log lines).
+
+    OSSEC's block names the agent, not its id, so an alert from an agent carries
+    ``agent_id = ""`` and the name; an alert from the manager itself carries ``"000"``.
+    """
+    if len(lines) < 3:
+        raise MalformedAlert(f"OSSEC alert block has {len(lines)} line(s); needs at least 3")
+    head = _HEADER.match(lines[0])
+    if head is None:
+        raise MalformedAlert(f"not an OSSEC alert header: {excerpt(lines[0], 60)!r}")
+    origin = _ORIGIN.match(lines[1])
+    if origin is None:
+        raise MalformedAlert(f"OSSEC alert: bad date/agent/location line {excerpt(lines[1], 60)!r}")
+    rule = _RULE.match(lines[2])
+    if rule is None:
+        raise MalformedAlert(f"OSSEC alert: bad 'Rule:' line {excerpt(lines[2], 60)!r}")
+    groups = _groups(head.group(2), "groups")
+    fields: dict[str, str] = {}
+    i = 3
+    while i < len(lines):
+        m = _FIELD_LINE.match(lines[i])
+        if m is None:
+            break
+        key = _FIELDS.get(m.group(1))
+        if key is not None:
+            if key in fields:
+                raise MalformedAlert(f"OSSEC alert: {m.group(1)!r} given twice")
+            fields[key] = m.group(2).strip()
+        i += 1
+    agent = origin.group("agent")
+    return Alert(
+        rule_id=_rule_id(rule.group(1), "Rule"),
+        level=_level(int(rule.group(2)), "level"),
+        groups=groups,
+        id=head.group(1),
+        timestamp=origin.group(1),
+        description=rule.group(3),
+        agent_id="" if agent is not None else MANAGER_AGENT_ID,
+        agent_name=agent if agent is not None else (origin.group("host") or ""),
+        agent_ip=origin.group("aip"),
+        srcip=fields.get("srcip") or None,
+        srcuser=fields.get("srcuser") or None,
+        dstuser=fields.get("dstuser") or None,
+        filename=fields.get("filename") or None,
+        location=origin.group("loc"),
+        full_log="\n".join(lines[i:]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What a framing parser yields: an alert or the refusal, and where the record ended."""
+
+    item: Alert | MalformedAlert
+    end: int
+    """Offset just after the record (the cursor position after this alert)."""
+    raw: bytes = b""
+    """The record's first bytes, for the refusal log line."""
+
+
+class OssecBlockParser:
+    """Turn alerts.log lines into alerts: a block runs from ``** Alert`` to a blank line.
+
+    Feed complete lines (with their newline) and the offset where each ends; a block ends at a
+    blank line, or just before the next header when a writer left the blank line out. A block
+    over ``max_bytes`` is refused whole, without keeping its lines. Text outside any block is
+    refused line by line, so a reader cannot be made to skip alerts by a stray line.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._open = False
+        self._oversized = False
+        self._last_end = 0
+
+    def feed(self, line: bytes, end: int = 0) -> list[Parsed]:
+        out: list[Parsed] = []
+        body = line.rstrip(b"\r\n")
+        is_header = body.startswith(b"** Alert ")
+        if self._open and is_header:
+            out.append(self._finish(self._last_end))
+        if is_header:
+            self._open = True
+            self._lines = [body]
+            self._size = len(body)
+            self._oversized = self._size > self.max_bytes
+        elif self._open:
+            if not body.strip():
+                out.append(self._finish(end))
+            else:
+                self._size += len(line)
+                if self._size > self.max_bytes:
+                    self._oversized = True
+                    self._lines = self._lines[:1]
+                elif not self._oversized:
+                    self._lines.append(body)
+        elif body.strip():
+            err = MalformedAlert(f"text outside an OSSEC alert block: {excerpt(body, 60)!r}")
+            out.append(Parsed(err, end, body[:200]))
+        self._last_end = end
+        return out
+
+    def flush(self, end: int = 0) -> list[Parsed]:
+        """End of a finite input: a block without its closing blank line still counts."""
+        if self._open:
+            return [self._finish(end)]
+        return []
+
+    @property
+    def pending(self) -> bool:
+        return self._open
+
+    def poison(self) -> None:
+        """A line of the open block was too long to keep: refuse the whole block at its end."""
+        if self._open:
+            self._oversized = True
+            self._size = max(self._size, self.max_bytes + 1)
+            self._lines = self._lines[:1]
+
+    def _finish(self, end: int) -> Parsed:
+        lines, oversized, size = self._lines, self._oversized, self._size
+        self._lines, self._size, self._open, self._oversized = [], 0, False, False
+        first = lines[0] if lines else b""
+        if oversized:
+            return Parsed(
+                OversizedAlert(f"OSSEC alert block is over {self.max_bytes} bytes ({size}+)"),
+                end,
+                first[:200],
+            )
+        try:
+            text = [ln.decode("utf-8") for ln in lines]
+        except UnicodeDecodeError as exc:
+            return Parsed(NotUtf8(f"OSSEC alert block is not UTF-8 ({exc.reason})"), end, first[:200])
+        try:
+            return Parsed(alert_from_ossec_block(text), end, first[:200])
+        except MalformedAlert as exc:
+            return Parsed(exc, end, first[:200])
+
+
+def parse_ossec_text(data: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> list[Parsed]:
+    """Parse a whole alerts.log excerpt (a test fixture, a POSTed body)."""
+    parser = OssecBlockParser(max_bytes)
+    out: list[Parsed] = []
+    pos = 0
+    for line in data.splitlines(keepends=True):
+        pos += len(line)
+        out.extend(parser.feed(line, pos))
+    out.extend(parser.flush(pos))
+    return out
