@@ -816,8 +816,10 @@ class Executor:
                 summary["reconcile_failed"] += 1
                 log.error("%s: reconcile failed: %s", name, exc)
                 continue
-            summary["readded"] += report.readded
-            summary["removed_orphans"] += report.removed_orphans
+            if report.readded:
+                summary["readded"] += report.readded
+            if report.removed_orphans:
+                summary["removed_orphans"] += report.removed_orphans
             for note in report.notes:
                 log.info("%s", note)
         for job in self.ledger.jobs():

@@ -1,0 +1,316 @@
+"""The executor on a FakeClock with the real host-deny responder and real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import psutil
+import pytest
+
+from dfir_ar import procs
+from dfir_ar.arlog import read_audit
+from dfir_ar.clock import FakeClock, SystemClock
+from dfir_ar.config.models import Config
+from dfir_ar.errors import ExecutionError
+from dfir_ar.executor import Executor
+from dfir_ar.ledger import APPLIED, INTENT, Ledger
+from dfir_ar.responder import Arg, Request, Responder, State
+from dfir_ar.sources.base import Cursor
+from dfir_ar.validate import parse_network
+from tests.engine.conftest import Engine, engine_config, order
+
+AR_LINE = re.compile(
+    r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} active-response/bin/host-deny: (Starting|Ended|\{.*\})$"
+)
+
+
+def audit(engine: Engine) -> list[dict[str, object]]:
+    return read_audit(engine.config.global_.log_dir / "audit.jsonl")
+
+
+def test_add_refresh_escalate_expire(engine: Engine, clock: FakeClock) -> None:
+    ex = engine.executor
+    first = ex.submit(order("203.0.113.7", clock=clock)).result()
+    assert (first.outcome, first.offences, first.expires_at) == ("ok", 1, clock.now() + 60)
+    assert engine.deny_lines() == ["ALL: 203.0.113.7"]
+    assert ex.next_deadline() == clock.now() + 60
+
+    clock.advance(30)
+    second = ex.submit(order("203.0.113.7", clock=clock)).result()
+    # 2nd offence: repeated_offenders[0] = 5 minutes from now.
+    assert (second.action, second.outcome, second.offences) == ("refresh", "refreshed", 2)
+    assert second.expires_at == clock.now() + 300
+    assert engine.deny_lines() == ["ALL: 203.0.113.7"]  # dedup: no second line
+
+    clock.advance(60)  # the original deadline passed: nothing may be undone
+    assert [t.result() for t in ex.expire_due()] == []
+    assert engine.deny_lines() == ["ALL: 203.0.113.7"]
+
+    clock.advance(240)
+    [done] = [t.result() for t in ex.expire_due()]
+    assert (done.action, done.outcome) == ("delete", "ok")
+    assert engine.deny_lines() == []
+    assert engine.ledger.entries() == []
+
+    # The counter survives the undo: a third offence gets repeated_offenders[1] = 10 min.
+    clock.advance(10)
+    third = ex.submit(order("203.0.113.7", clock=clock)).result()
+    assert (third.action, third.offences, third.expires_at) == ("add", 3, clock.now() + 600)
+
+    lines = (engine.config.global_.log_dir / "active-responses.log").read_text().splitlines()
+    assert lines and all(AR_LINE.match(line) for line in lines)
+    messages = [json.loads(line.split(": ", 1)[1]) for line in lines if line.endswith("}")]
+    assert [m["command"] for m in messages] == ["add", "delete", "add"]
+    assert messages[0]["parameters"]["alert"]["data"]["srcip"] == "203.0.113.7"
+    actions = [(r["action"], r["outcome"]) for r in audit(engine)]
+    assert actions == [("add", "ok"), ("refresh", "refreshed"), ("delete", "ok"), ("add", "ok")]
+
+
+def test_offender_counter_decays_after_window(tmp_path: Path, clock: FakeClock) -> None:
+    eng = Engine(tmp_path, engine_config(tmp_path, offender_window=3600), clock)
+    try:
+        eng.executor.submit(order("203.0.113.8", clock=clock)).result()
+        clock.advance(61)
+        eng.executor.expire_due(wait=True)
+        clock.advance(3600)  # beyond the window since the last offence
+        again = eng.executor.submit(order("203.0.113.8", clock=clock)).result()
+        assert (again.offences, again.expires_at) == (1, clock.now() + 60)
+    finally:
+        eng.close()
+
+
+def test_protected_address_is_refused_and_nothing_runs(engine: Engine) -> None:
+    result = engine.executor.submit(order("198.51.100.3")).result()
+    assert result.outcome == "refused"
+    assert "protected" in (result.error or "")
+    assert not engine.hosts_deny.exists()
+    assert engine.ledger.entries() == []
+    assert not (engine.config.global_.log_dir / "active-responses.log").read_text()
+
+
+def test_global_cap_and_rate_limit(tmp_path: Path, clock: FakeClock) -> None:
+    eng = Engine(tmp_path, engine_config(tmp_path, max_active_responses=2), clock)
+    try:
+        ex = eng.executor
+        outcomes = [ex.submit(order(f"203.0.113.{i}", clock=clock)).result() for i in (1, 2, 3)]
+        assert [o.outcome for o in outcomes] == ["ok", "ok", "refused"]
+        assert "global cap" in (outcomes[2].error or "")
+        # A repeat of an address already in place is a refresh, not a new response: allowed.
+        assert ex.submit(order("203.0.113.1", clock=clock)).result().outcome == "refreshed"
+    finally:
+        eng.close()
+    eng = Engine(tmp_path / "b", engine_config(tmp_path / "b"), clock)
+    try:
+        results = [
+            eng.executor.submit(order(f"203.0.113.{i}", command="limited-deny", clock=clock))
+            .result().outcome
+            for i in (1, 2, 3)
+        ]
+        assert results == ["ok", "ok", "refused"]
+    finally:
+        eng.close()
+
+
+def test_unknown_command_and_missing_srcip_are_refused(engine: Engine) -> None:
+    from dfir_ar.ids import new_id
+    from dfir_ar.order import Order
+    from dfir_ar.responder import Target
+
+    bad = engine.executor.submit(order("203.0.113.9", command="firewal-drop")).result()
+    assert bad.outcome == "refused" and "no [[command]]" in (bad.error or "")
+    none = engine.executor.submit(Order(id=new_id(), command="host-deny", target=Target())).result()
+    assert none.outcome == "refused" and "srcip" in (none.error or "")
+
+
+class SleepyResponder(Responder):
+    """Runs a child that outlives any sane deadline, with a grandchild in its process group."""
+
+    name: ClassVar[str] = "sleepy"
+    expects: ClassVar[tuple[Arg, ...]] = (Arg.SRCIP,)
+    marker: ClassVar[str] = "31.4159"
+
+    def key(self, request: Request) -> str:
+        return str(request.target.srcip)
+
+    def add(self, request: Request) -> State:
+        procs.run(["sh", "-c", f"sleep {self.marker} & exec sleep {self.marker}"], timeout=300)
+        return {}
+
+    def delete(self, request: Request, state: State) -> None:
+        pass
+
+
+class BrokenResponder(SleepyResponder):
+    name: ClassVar[str] = "broken"
+
+    def add(self, request: Request) -> State:
+        raise ExecutionError("backend said no")
+
+
+def _config_with(tmp_path: Path, executable: str, **cmd: object) -> Config:
+    cfg = engine_config(tmp_path)
+    raw = cfg.model_dump(by_alias=True, mode="json")
+    raw["command"].append({"name": executable, "executable": executable, "expect": ["srcip"],
+                           "timeout_allowed": True, **cmd})
+    return Config.model_validate(raw)
+
+
+def test_deadline_kills_the_whole_process_group(tmp_path: Path, clock: FakeClock) -> None:
+    eng = Engine(tmp_path, _config_with(tmp_path, "sleepy", deadline=0.5), clock)
+    try:
+        eng.executor.register_responder("sleepy", SleepyResponder)
+        start = time.monotonic()
+        result = eng.executor.submit(order("203.0.113.20", command="sleepy")).result()
+        assert time.monotonic() - start < 5
+        assert result.outcome == "timeout"
+        assert eng.ledger.entries() == []  # the intent is rolled back
+        time.sleep(0.2)
+        leftovers = [p for p in psutil.process_iter(["cmdline"])
+                     if SleepyResponder.marker in " ".join(p.info["cmdline"] or [])]
+        assert leftovers == []
+    finally:
+        eng.close()
+
+
+def test_failed_add_rolls_back_the_intent(tmp_path: Path, clock: FakeClock) -> None:
+    eng = Engine(tmp_path, _config_with(tmp_path, "broken"), clock)
+    try:
+        eng.executor.register_responder("broken", BrokenResponder)
+        result = eng.executor.submit(order("203.0.113.21", command="broken")).result()
+        assert (result.outcome, result.error) == ("failed", "backend said no")
+        assert eng.ledger.entries() == []
+        assert eng.executor.active_count() == 0
+        log = (eng.config.global_.log_dir / "active-responses.log").read_text()
+        assert log.rstrip().endswith("active-response/bin/broken: Aborted")
+    finally:
+        eng.close()
+
+
+def test_cursor_is_stored_with_the_intents(engine: Engine, clock: FakeClock) -> None:
+    cursor = Cursor(source="file:/x", position="v1:1:1:42")
+    engine.executor.accept([order("203.0.113.30", clock=clock)], cursor=cursor)
+    assert engine.ledger.load("file:/x") == cursor
+    # An alert that produced no order still moves the cursor (it is consumed).
+    engine.executor.accept([], cursor=Cursor(source="file:/x", position="v1:1:1:99"))
+    assert engine.ledger.load("file:/x") == Cursor(source="file:/x", position="v1:1:1:99")
+
+
+def test_reconcile_after_crash(engine: Engine, clock: FakeClock) -> None:
+    ex = engine.executor
+    ex.submit(order("203.0.113.40", timeout=30, clock=clock)).result()  # will be expired
+    ex.submit(order("203.0.113.41", timeout=600, clock=clock)).result()  # live, line lost
+    ex.submit(order("203.0.113.42", timeout=None, clock=clock)).result()  # permanent
+    # A crash between the intent and the action: the row exists, the line does not.
+    intent = order("203.0.113.43", timeout=600, clock=clock)
+    from dfir_ar.responder import Request
+
+    with engine.ledger.transaction() as tx:
+        tx.insert_intent(command="host-deny", key="203.0.113.43", order_id=intent.id,
+                         agent_id="000", request=Request("host-deny", intent.target,
+                                                         order_id=intent.id, timeout=600),
+                         now=clock.now(), expires_at=clock.now() + 600, offences=1)
+    engine.hosts_deny.write_text("# admin line\nALL: 203.0.113.40\nALL: 203.0.113.42\n")
+    clock.advance(100)
+    engine.restart()
+    summary = engine.executor.reconcile()
+    assert summary == {"expired": 1, "live": 2, "readded": 1, "retried_intents": 1}
+    engine.executor.expire_due(wait=True)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        entry = engine.ledger.get("host-deny", "203.0.113.43")
+        if entry is not None and entry.status == APPLIED:
+            break
+        time.sleep(0.01)
+    lines = engine.deny_lines()
+    # The admin's line and the permanent block untouched; the expired line gone; the lost line
+    # and the never-applied intent (re)added (the intent retry runs in parallel: any order).
+    assert lines[:2] == ["# admin line", "ALL: 203.0.113.42"]
+    assert sorted(lines[2:]) == ["ALL: 203.0.113.41", "ALL: 203.0.113.43"]
+    states = {e.key: e.status for e in engine.ledger.entries()}
+    assert states == {"203.0.113.41": APPLIED, "203.0.113.42": APPLIED, "203.0.113.43": APPLIED}
+    assert engine.executor.pending() == 2  # .41 and .43 rescheduled; .42 has no timeout
+
+
+def test_graceful_stop_keeps_blocks_unless_lift_on_stop(tmp_path: Path, clock: FakeClock) -> None:
+    eng = Engine(tmp_path, engine_config(tmp_path), clock)
+    eng.executor.submit(order("203.0.113.50", clock=clock)).result()
+    eng.close()
+    assert eng.deny_lines() == ["ALL: 203.0.113.50"]
+    eng = Engine(tmp_path, engine_config(tmp_path, lift_on_stop=True), clock)
+    eng.executor.reconcile()
+    eng.executor.shutdown()  # the configured default: lift_on_stop = true
+    eng.ledger.close()
+    assert eng.deny_lines() == []
+    assert Ledger.open(eng.config.global_.state_dir).entries() == []
+
+
+def test_release_by_key_and_by_order_id(engine: Engine, clock: FakeClock) -> None:
+    ex = engine.executor
+    ex.submit(order("203.0.113.60", clock=clock)).result()
+    second = ex.submit(order("203.0.113.61", clock=clock)).result()
+    [r1] = ex.release("203.0.113.60")
+    [r2] = ex.release(second.order_id)
+    assert (r1.outcome, r2.outcome) == ("ok", "ok")
+    assert engine.deny_lines() == []
+    assert ex.release("203.0.113.99") == []
+    assert ex.pending() == 0
+
+
+def test_invalid_ledger_row_is_never_acted_on(engine: Engine, clock: FakeClock) -> None:
+    engine.executor.submit(order("203.0.113.70", clock=clock)).result()
+    engine.ledger._conn.execute(
+        "UPDATE entries SET request = json_set(request, '$.target.srcip', '203.0.113.70; id')"
+    )
+    engine.restart()
+    assert engine.executor.reconcile() == {"invalid": 1}
+    clock.advance(3600)
+    assert engine.executor.expire_due() == []
+    assert engine.deny_lines() == ["ALL: 203.0.113.70"]
+
+
+def test_timeout_loop_wakes_on_the_deadline_not_a_tick(tmp_path: Path) -> None:
+    cfg = engine_config(tmp_path)
+    ledger = Ledger.open(cfg.global_.state_dir)
+    ex = Executor(cfg, ledger, clock=SystemClock(), protected=[parse_network("127.0.0.0/8")])
+    stop = threading.Event()
+    loop = threading.Thread(target=ex.run_timeouts, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        # The loop is asleep with nothing pending (up to its 5 s ceiling); a new, earlier
+        # deadline must wake it.
+        time.sleep(0.05)
+        result = ex.submit(order("203.0.113.80", timeout=0.3)).result()
+        assert result.expires_at is not None
+        while ledger.entries() and time.time() < result.expires_at + 3:
+            time.sleep(0.01)
+        assert ledger.entries() == []
+        [rec] = [r for r in read_audit(cfg.global_.log_dir / "audit.jsonl")
+                 if r["action"] == "delete"]
+        assert isinstance(rec["details"], dict) and rec["details"]["late"] < 0.2
+    finally:
+        stop.set()
+        ex.wake()
+        loop.join(5)
+        ex.shutdown(lift=False)
+        ledger.close()
+
+
+def test_intent_rows_are_never_left_behind_by_refusals(engine: Engine) -> None:
+    engine.executor.submit(order("198.51.100.1")).result()
+    assert all(e.status != INTENT for e in engine.ledger.entries())
+    assert engine.ledger.entries() == []
+
+
+@pytest.mark.parametrize("bad", ["203.0.113.7\nALL: ALL", "ALL"])
+def test_manual_orders_are_validated(engine: Engine, bad: str) -> None:
+    from dfir_ar.control import manual_order
+    from dfir_ar.errors import UsageError
+
+    with pytest.raises(UsageError):
+        manual_order(engine.config, "host-deny", srcip=bad, user=None, timeout=None,
+                     operator="root")
