@@ -136,6 +136,14 @@ def _opt_str(value: object, what: str) -> str | None:
     raise _wrong(what, "a string", value)
 
 
+def _agent_id(value: object, what: str) -> str:
+    # An alert naming an agent must name one: "" or null would route a "local" response nowhere
+    # (or, read as the manager, to the wrong host).
+    if isinstance(value, str) and value:
+        return value
+    raise _wrong(what, "a non-empty agent id", value)
+
+
 def _opt_obj(value: object, what: str) -> Mapping[str, Any]:
     if value is None:
         return {}
@@ -161,7 +169,7 @@ def alert_from_wazuh(obj: object) -> Alert:
     groups = _groups(rule.get("groups"), "rule.groups")
     description = _opt_str(rule.get("description"), "rule.description") or ""
     agent = _opt_obj(obj.get("agent"), "agent")
-    agent_id = _opt_str(agent.get("id"), "agent.id")
+    agent_id = _agent_id(agent.get("id"), "agent.id") if agent else None
     data = _opt_obj(obj.get("data"), "data")
     syscheck = _opt_obj(obj.get("syscheck"), "syscheck")
     filename = _opt_str(data.get("filename"), "data.filename")
@@ -221,7 +229,7 @@ def alert_from_plain(obj: object) -> Alert:
     given = [u for u in (user, username, dstuser) if u is not None]
     if len(set(given)) > 1:
         raise MalformedAlert("user, username and dstuser disagree; send one of them")
-    agent_id = _opt_str(obj.get("agent_id"), "agent_id")
+    agent_id = _agent_id(obj["agent_id"], "agent_id") if "agent_id" in obj else None
     alert = Alert(
         rule_id=_rule_id(obj.get("rule_id"), "rule_id"),
         level=_level(obj.get("level"), "level"),

@@ -71,6 +71,19 @@ def where(ar: ActiveResponseConfig) -> str:
     return "local"
 
 
+def not_a_host(ip: IPAddress) -> str | None:
+    """Why ``ip`` cannot be one attacker's address, or None. Blocking ``0.0.0.0`` or ``::`` means
+    "everything" to some backends (``ip route add blackhole 0.0.0.0`` is the default route), and
+    multicast or broadcast sources are forged by definition."""
+    if ip.is_unspecified:
+        return f"srcip {ip} is the unspecified address; not a host to contain"
+    if ip.is_multicast:
+        return f"srcip {ip} is a multicast address; not a host to contain"
+    if ip.version == 4 and int(ip) == 0xFFFFFFFF:
+        return f"srcip {ip} is the broadcast address; not a host to contain"
+    return None
+
+
 def parse_filename(value: object) -> str:
     """A path an alert names (syscheck): absolute, no NUL or newline, no '..' component."""
     if not isinstance(value, str) or not value.startswith("/") or len(value) > MAX_FILENAME:
@@ -132,8 +145,12 @@ class Pipeline:
                 srcip = parse_ip(alert.srcip)
             except InvalidAddress as exc:
                 srcip_error = str(exc)
+        if srcip is not None and srcip_error is None:
+            # 0.0.0.0, ::, multicast, broadcast: forged by definition; treated like an unparsable
+            # srcip, so responses that apply the white list refuse too.
+            srcip_error = not_a_host(srcip)
         listed: str | None = None
-        if srcip is not None and self.white_list.contains(srcip):
+        if srcip is not None and srcip_error is None and self.white_list.contains(srcip):
             net = self.white_list.covering(srcip)
             listed = f"srcip {srcip} is white-listed ({net}); nothing runs against it"
         out: list[Decision] = []
@@ -189,7 +206,7 @@ class Pipeline:
         if location is Location.LOCAL:
             agent = alert.agent_id
             if agent:
-                if not _AGENT_ID.match(agent):
+                if not _AGENT_ID.fullmatch(agent):
                     return Decision(
                         b.index, name, None, f"agent id {agent!r:.80} is not a valid agent id"
                     )

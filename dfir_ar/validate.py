@@ -17,6 +17,8 @@ IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_FIELD = 256
+# Patterns are applied with fullmatch: with .match, "$" also matches before a trailing newline,
+# so "root\n" passed as a username (a line-injection into hosts.deny or a log).
 # POSIX portable user names plus the '@' and '.' seen in directory-backed accounts.
 # No leading '-' (would read as an option), no '..', no '/', no whitespace, no shell metacharacters.
 _USERNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,63}\$?$")
@@ -42,7 +44,7 @@ def parse_ip(value: object) -> IPAddress:
         raise InvalidAddress(f"srcip {_short(value)} is empty or too long")
     if "%" in value:
         raise InvalidAddress(f"srcip {_short(value)} has a zone id; refused")
-    if ":" not in value and not _DOTTED_QUAD.match(value):
+    if ":" not in value and not _DOTTED_QUAD.fullmatch(value):
         raise InvalidAddress(f"srcip {_short(value)} is not a dotted-quad IPv4 or an IPv6 address")
     try:
         addr = ipaddress.ip_address(value)
@@ -69,7 +71,7 @@ def parse_username(value: object) -> str:
     """Return ``value`` if it is a plausible account name, else raise InvalidUsername."""
     if not isinstance(value, str):
         raise InvalidUsername(f"username {_short(value)} is not a string")
-    if not _USERNAME.match(value) or ".." in value:
+    if not _USERNAME.fullmatch(value) or ".." in value:
         raise InvalidUsername(
             f"username {_short(value)} is not a valid account name "
             "(letters, digits, '_', '.', '@', '-'; no leading '-', no '..')"
@@ -79,7 +81,7 @@ def parse_username(value: object) -> str:
 
 def parse_token(value: object, what: str) -> str:
     """Identifiers that only get logged or passed as one argv element (alert id, agent id)."""
-    if not isinstance(value, str) or not _TOKEN.match(value):
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise InvalidArgument(f"{what} {_short(value)} is not a valid identifier")
     return value
 
