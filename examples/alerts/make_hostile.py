@@ -10,6 +10,9 @@ order and that every record is refused with a reason.
 Regenerate with: .venv/bin/python examples/alerts/make_hostile.py
 """
 
+# The look-alike characters and wildcard addresses are the point of this corpus.
+# ruff: noqa: RUF001, S104
+
 from __future__ import annotations
 
 import json
@@ -133,7 +136,8 @@ def records() -> list[bytes]:
     out.append(b"[" + b"1," * 40_000 + b"1]")
     # 8. Not UTF-8: overlong encodings, lone continuation bytes, Latin-1, UTF-16.
     for blob in (b"\xc0\xaf", b"\xe0\x80\xaf", b"\x80", b"\xff\xfe", b"caf\xe9", b"\xed\xa0\x80"):
-        out.append(b'{"rule": {"id": "5712", "level": 10}, "data": {"srcip": "198.51.100.6", "x": "' + blob + b'"}}')
+        head = b'{"rule": {"id": "5712", "level": 10}, "data": {"srcip": "198.51.100.6", "x": "'
+        out.append(head + blob + b'"}}')
     out.append('{"rule": {"id": "5712", "level": 10}}'.encode("utf-16"))
     # 9. Level 0 and white-listed forms of this host / loopback with otherwise valid fields.
     out.append(dumps(wazuh(level=0, srcip="198.51.100.6", dstuser="root")))
