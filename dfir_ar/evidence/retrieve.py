@@ -202,8 +202,8 @@ def _id_from_key(key: str) -> str:
 
 
 def find_bundle(store: EvidenceStore, bundle_id: str, *, agent: str | None = None) -> BundleEntry:
-    """Locate a bundle by id: its id encodes when collection started, so only that day and the
-    next (a collection can run past midnight before it is sealed) are looked at, per agent."""
+    """Locate a bundle by id: its id encodes when collection started, so that day and the next
+    (a collection can run past midnight before it is sealed) are looked at first, per agent."""
     check_bundle_id(bundle_id)
     started = datetime.fromtimestamp(id_time(bundle_id), UTC)
     days = [started, started + timedelta(days=1)]
@@ -214,10 +214,17 @@ def find_bundle(store: EvidenceStore, bundle_id: str, *, agent: str | None = Non
             key = manifest_key(store.prefix, agent_id, day, bundle_id)
             if store.head(key) is not None:
                 return BundleEntry.from_manifest(store.read_small(key), store.prefix, bundle_id)
+    # Not on the days its id points at (the agent's clock was off when it sealed, or the
+    # manifest's creation time was set otherwise): one full listing per agent finds it anyway.
+    wanted = f"/{bundle_id}{MANIFEST_SUFFIX}"
+    for agent_id in agents:
+        for obj in store.list_keys(f"{root}{agent_id}/"):
+            if obj.key.endswith(wanted):
+                return BundleEntry.from_manifest(store.read_small(obj.key), store.prefix, bundle_id)
     where = f"agent {agent}" if agent else f"{len(agents)} agent(s)"
     raise StoreError(
-        f"bundle {bundle_id} is not in {store.url} (looked under {where} for "
-        f"{started:%Y-%m-%d} and the day after); `dfir-ar bundles list` shows what is there"
+        f"bundle {bundle_id} is not in {store.url} (looked under {where}); "
+        "`dfir-ar bundles list` shows what is there"
     )
 
 

@@ -195,16 +195,23 @@ class FileStore(EvidenceStore):
         path = self._path(key)
         total = 0
         try:
-            with path.open("rb") as src:
-                while block := src.read(_BLOCK):
-                    out.write(block)
-                    total += len(block)
-                    progress(len(block))
+            src = path.open("rb")
         except FileNotFoundError:
             raise StoreError(f"file store: {path} does not exist") from None
         except OSError as exc:
-            raise _os_error("copy", path, exc) from None
-        return total
+            raise _os_error("read", path, exc) from None
+        with src:
+            while True:
+                try:
+                    block = src.read(_BLOCK)
+                except OSError as exc:
+                    raise _os_error("read", path, exc) from None
+                if not block:
+                    return total
+                # A failing write is the caller's disk (OSError goes up as it is).
+                out.write(block)
+                total += len(block)
+                progress(len(block))
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -57,6 +57,7 @@ log = logging.getLogger("dfir_ar.evidence.s3")
 MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
 MAX_PART = 5 * 1024 * 1024 * 1024
+MAX_OBJECT = 5 * 1024**4
 MAX_PRESIGN = 7 * 24 * 3600
 """SigV4 presigned URLs are valid for at most seven days."""
 _READ_BLOCK = 1 << 20
@@ -64,12 +65,14 @@ _READ_BLOCK = 1 << 20
 
 def choose_part_size(size: int, configured: int) -> int:
     """At least ``configured`` (and 5 MiB), grown in whole MiB so ``size`` fits 10,000 parts."""
+    if size > MAX_OBJECT:
+        raise StoreError(f"{size} bytes is over S3's object limit of 5 TiB")
     part = max(configured, MIN_PART)
     needed = math.ceil(size / MAX_PARTS)
     if needed > part:
         part = math.ceil(needed / (1 << 20)) * (1 << 20)
     if part > MAX_PART:
-        raise StoreError(f"{size} bytes is over S3's object limit (10,000 parts of 5 GiB)")
+        raise StoreError(f"{size} bytes needs parts over S3's 5 GiB part limit")
     return part
 
 

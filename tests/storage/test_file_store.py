@@ -1,0 +1,143 @@
+"""The embedded default store (file://DIR) end to end: spool -> store -> list -> get -> verify,
+and the faults that must lose nothing: tampering, a full disk, a full spool, a bad manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dfir_ar.cli.bundles_remote import get_cmd, list_cmd, push_cmd
+from dfir_ar.errors import EvidenceError, StoreError, VerificationFailed
+from dfir_ar.evidence.retrieve import Filter, fetch_and_verify, list_bundles
+from dfir_ar.evidence.spool import SPOOL_FULL_MARK, SpoolFull, Uploader, check_spool_quota
+from dfir_ar.evidence.stores.base import open_store
+from dfir_ar.ids import new_id
+from tests.storage.conftest import TinyDisk, make_bundle, make_config, write_config_file
+
+
+def _file_config(tmp_path: Path, **kw: object):  # type: ignore[no-untyped-def]
+    return make_config(tmp_path, store=f"file://{tmp_path / 'store'}", **kw)  # type: ignore[arg-type]
+
+
+def test_upload_list_get_verify(tmp_path: Path) -> None:
+    config = _file_config(tmp_path)
+    old = make_bundle(config.spool_dir, created=datetime(2025, 12, 31, 23, 59, tzinfo=UTC), rule_id=1)
+    new = make_bundle(config.spool_dir, rule_id=5712, alert_id="1700000000.99")
+    other = make_bundle(config.spool_dir, agent_id="agent2", rule_id=5712)
+    uploader = Uploader(config)
+    uploader.check_store()
+    assert uploader.drain_once() == 3
+    assert uploader.pending() == []
+    assert sorted(os.listdir(config.spool_dir / "ready")) == []
+    store_root = tmp_path / "store"
+    assert (store_root / "agent1/2025/12/31" / f"{old.bundle_id}.tar.zst").is_file()
+    assert (store_root / "agent1/2025/12/31" / f"{old.bundle_id}.manifest.json").is_file()
+
+    store = open_store(config)
+    everything = list_bundles(store, Filter())
+    assert everything[0].bundle_id == old.bundle_id
+    assert {e.bundle_id for e in everything} == {old.bundle_id, new.bundle_id, other.bundle_id}
+    recent = list_bundles(store, Filter(agent="agent1", since=datetime.now(UTC) - timedelta(hours=1)))
+    assert [e.bundle_id for e in recent] == [new.bundle_id]
+    by_alert = list_bundles(store, Filter(alert="1700000000.99"))
+    assert [(e.bundle_id, e.rule_id, e.srcip) for e in by_alert] == [(new.bundle_id, "5712", "203.0.113.7")]
+
+    cfg_file = write_config_file(tmp_path / "dfir-ar.toml", config)
+    runner = CliRunner()
+    out = runner.invoke(list_cmd, ["-c", str(cfg_file), "--rule", "5712", "--json"])
+    assert out.exit_code == 0, out.output
+    assert {row["bundle_id"] for row in json.loads(out.output)} == {new.bundle_id, other.bundle_id}
+    table = runner.invoke(list_cmd, ["-c", str(cfg_file), "--until", "2026-01-01"])
+    assert table.exit_code == 0 and old.bundle_id in table.output and new.bundle_id not in table.output
+
+    case = tmp_path / "case"
+    got = runner.invoke(get_cmd, ["-c", str(cfg_file), new.bundle_id, "-o", str(case)])
+    assert got.exit_code == 0, got.output
+    assert "verified" in got.output
+    assert (case / f"{new.bundle_id}.tar.zst").is_file()
+    manifest = json.loads((case / new.bundle_id / "manifest.json").read_bytes())
+    assert manifest["bundle_id"] == new.bundle_id
+    assert (case / new.bundle_id / "artifacts/test/random.bin").stat().st_size == 4096
+    assert [p.name for p in case.iterdir() if p.name.startswith(".")] == []
+
+
+def test_tampered_bundle_in_store_is_refused_and_nothing_extracted(tmp_path: Path) -> None:
+    config = _file_config(tmp_path)
+    bundle = make_bundle(config.spool_dir, size=20_000)
+    Uploader(config).drain_once()
+    stored = next((tmp_path / "store").rglob(f"{bundle.bundle_id}.tar.zst"))
+    os.chmod(stored, 0o640)
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    case = tmp_path / "case"
+    with pytest.raises(VerificationFailed) as info:
+        fetch_and_verify(open_store(config), bundle.bundle_id, case, public_key=None)
+    assert "nothing was extracted" in str(info.value)
+    assert "recorded when it was uploaded" in str(info.value)
+    assert list(case.iterdir()) == []
+
+
+def test_get_onto_a_full_disk_is_a_clear_error(tmp_path: Path, tiny_disk: TinyDisk) -> None:
+    config = _file_config(tmp_path)
+    bundle = make_bundle(config.spool_dir, size=6 * 1024 * 1024)
+    Uploader(config).drain_once()
+    with pytest.raises(EvidenceError, match="no space left") as info:
+        fetch_and_verify(open_store(config), bundle.bundle_id, tiny_disk.path, public_key=None)
+    assert "nothing was extracted" in str(info.value)
+    assert list(tiny_disk.path.iterdir()) == []
+
+
+def test_full_store_disk_keeps_the_bundle_in_the_spool(tmp_path: Path, tiny_disk: TinyDisk) -> None:
+    config = make_config(tmp_path, store=f"file://{tiny_disk.path}/store")
+    bundle = make_bundle(config.spool_dir, size=6 * 1024 * 1024)
+    uploader = Uploader(config)
+    with pytest.raises(StoreError, match="disk is full"):
+        uploader.drain_once()
+    assert bundle.path.exists() and bundle.manifest_path.exists()
+    assert [p.name for p in (tiny_disk.path / "store").rglob("*") if p.is_file()] == []
+    # Space comes back (here: a roomier store); the same spool entry goes up intact.
+    roomy = _file_config(tmp_path)
+    assert Uploader(roomy).drain_once() == 1
+    assert not bundle.path.exists()
+
+
+def test_spool_quota_raises_and_logs_an_alertable_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _file_config(tmp_path, spool_quota_mb=1)
+    make_bundle(config.spool_dir, size=700_000)
+    check_spool_quota(config)  # under the quota
+    with caplog.at_level(logging.CRITICAL), pytest.raises(SpoolFull, match="spool_quota_mb"):
+        check_spool_quota(config, incoming=500_000)
+    assert any(SPOOL_FULL_MARK in r.getMessage() and r.levelno == logging.CRITICAL for r in caplog.records)
+
+
+def test_unreadable_manifest_is_quarantined_not_deleted(tmp_path: Path) -> None:
+    config = _file_config(tmp_path)
+    good = make_bundle(config.spool_dir)
+    bad_id = new_id()
+    ready = config.spool_dir / "ready"
+    (ready / f"{bad_id}.tar.zst").write_bytes(b"whatever it is, it is kept")
+    (ready / f"{bad_id}.manifest.json").write_bytes(b"{truncated")
+    assert Uploader(config).drain_once() == 1
+    assert not good.path.exists()
+    quarantined = sorted(p.name for p in (config.spool_dir / "quarantine").iterdir())
+    assert quarantined == [f"{bad_id}.manifest.json", f"{bad_id}.tar.zst"]
+
+
+def test_push_cli_reports_what_went_and_what_waits(tmp_path: Path) -> None:
+    config = _file_config(tmp_path)
+    bundle = make_bundle(config.spool_dir)
+    cfg_file = write_config_file(tmp_path / "dfir-ar.toml", config)
+    result = CliRunner().invoke(push_cmd, ["-c", str(cfg_file), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [u["bundle_id"] for u in report["uploaded"]] == [bundle.bundle_id]
+    assert report["waiting"] == []
