@@ -71,6 +71,10 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
+    if argv is None and sys.argv and not sys.argv[0].endswith("dfir-ar"):
+        from dfir_ar.cli.wazuh_ar import link_main  # exec'ed as active-response/bin/<plug-in>
+
+        link_main(sys.argv)
     try:
         return cli.main(args=argv, prog_name="dfir-ar", standalone_mode=False)
     except click.exceptions.Abort:
