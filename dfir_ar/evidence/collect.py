@@ -79,7 +79,7 @@ def run_with_writer(
 
     worker = threading.Thread(target=work, name=f"collect-{name}-{writer.bundle_id}", daemon=True)
     worker.start()
-    worker.join(max(0.0, job.remaining()))
+    worker.join(min(max(0.0, job.remaining()), threading.TIMEOUT_MAX))
     if worker.is_alive():
         log.warning("collector %s reached its deadline; cancelling", name)
         job.cancel.set()

@@ -1,0 +1,426 @@
+"""pcap: timed capture of the attacker address's traffic, filtered in the kernel, written as raw
+pcap records (no per-packet dissection), one file per interface.
+
+How: one AF_PACKET socket per interface, created with protocol 0 (so it receives nothing), the
+BPF program for ``host <srcip>`` (compiled by libpcap through scapy) attached, and only then
+bound with ETH_P_ALL: no unfiltered packet can slip in before the filter, unlike a socket opened
+with ETH_P_ALL first. Kernel receive timestamps (SO_TIMESTAMPNS) date each packet when it
+arrived, not when Python read it. Kernel drop counts come from PACKET_STATISTICS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from dfir_ar.collector import (
+    ArtifactSink,
+    ArtifactWriter,
+    ByteCapReached,
+    CollectJob,
+    Collector,
+    OptionSpec,
+    Outcome,
+    Status,
+)
+from dfir_ar.errors import ExecutionError, InvalidArgument, PluginUnavailable
+from dfir_ar.responder import Arg
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+SO_ATTACH_FILTER = 26
+SO_TIMESTAMPNS = 35
+SO_RCVBUFFORCE = 33
+PACKET_AUXDATA = 8
+PACKET_OUTGOING = 4
+ARPHRD_ETHER = 1
+ARPHRD_LOOPBACK = 772
+ARPHRD_NONE = 65534  # tun devices: raw IP, no link header
+DLT_EN10MB = 1
+DLT_RAW = 12
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+# hatype -> (libpcap DLT to compile the filter for, pcap file link type)
+LINK_TYPES = {
+    ARPHRD_ETHER: (DLT_EN10MB, LINKTYPE_ETHERNET),
+    ARPHRD_LOOPBACK: (DLT_EN10MB, LINKTYPE_ETHERNET),  # lo carries a zeroed Ethernet header
+    ARPHRD_NONE: (DLT_RAW, LINKTYPE_RAW),
+}
+PCAP_MAGIC_NS = 0xA1B23C4D  # nanosecond-resolution pcap: kernel timestamps keep their precision
+RECV_BUFFER = 64 * 1024 * 1024
+FLUSH_AT = 512 * 1024
+POLL_MS = 100
+_RECORD = struct.Struct("<IIII")
+_TIMESPEC = struct.Struct("@qq")
+_AUXDATA = struct.Struct("@IIIHHHH")  # struct tpacket_auxdata
+_MEDIA_PCAP = "application/vnd.tcpdump.pcap"
+
+
+class _Insn(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                ("k", ctypes.c_uint32)]
+
+
+class _Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Insn))]
+
+
+BPF_RET_K = 0x06
+
+
+def compile_bpf(expression: str, dlt: int, snaplen: int) -> list[tuple[int, int, int, int]]:
+    """libpcap's BPF for ``expression`` on link type ``dlt``, accepting ``snaplen`` bytes.
+
+    scapy compiles against a dead handle whose snapshot is its MTU (65535); every non-zero
+    ``ret`` is rewritten to the requested snaplen, which is where libpcap itself puts it.
+    """
+    try:
+        from scapy.arch.common import compile_filter
+        from scapy.libs.winpcapy import pcap_freecode
+    except (ImportError, OSError) as exc:
+        raise PluginUnavailable(
+            f"pcap: cannot load scapy/libpcap to compile BPF filters ({exc})",
+            hint="pip install 'dfir-ar[pcap]' and apt-get install libpcap0.8",
+        ) from exc
+    try:
+        prog = compile_filter(expression, linktype=dlt)
+    except Exception as exc:  # scapy raises its own Scapy_Exception
+        raise ExecutionError(f"pcap: libpcap refused the filter {expression!r}: {exc}") from exc
+    try:
+        insns = []
+        for i in range(prog.bf_len):
+            ins = prog.bf_insns[i]
+            k = ins.k & 0xFFFFFFFF
+            if ins.code == BPF_RET_K and k != 0:
+                k = snaplen
+            insns.append((ins.code, ins.jt, ins.jf, k))
+    finally:
+        pcap_freecode(ctypes.byref(prog))
+    return insns
+
+
+def attach_bpf(sock: socket.socket, insns: list[tuple[int, int, int, int]]) -> None:
+    array = (_Insn * len(insns))(*[_Insn(*i) for i in insns])
+    prog = _Prog(len(insns), ctypes.cast(array, ctypes.POINTER(_Insn)))
+    # The kernel copies the program during the call; ``array`` only has to outlive it.
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(prog))
+
+
+def pcap_global_header(linktype: int, snaplen: int) -> bytes:
+    return struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, snaplen, linktype)
+
+
+@dataclass
+class Interface:
+    name: str
+    index: int
+    hatype: int
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.hatype == ARPHRD_LOOPBACK
+
+
+def list_interfaces(sys_net: Path = Path("/sys/class/net")) -> list[Interface]:
+    out = []
+    for entry in sorted(sys_net.iterdir()):
+        try:
+            hatype = int((entry / "type").read_text().strip())
+            index = int((entry / "ifindex").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        out.append(Interface(entry.name, index, hatype))
+    return out
+
+
+@dataclass
+class _Capture:
+    iface: Interface
+    sock: socket.socket
+    linktype: int
+    writer: ArtifactWriter | None = None
+    buffer: bytearray = field(default_factory=bytearray)
+    packets: int = 0
+    bytes: int = 0
+    kernel_received: int = 0
+    kernel_dropped: int = 0
+
+    def read_stats(self) -> None:
+        # PACKET_STATISTICS resets the counters on every read: accumulate.
+        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        received, dropped = struct.unpack("II", raw)
+        self.kernel_received += received
+        self.kernel_dropped += dropped
+
+
+class _Stop(Exception):  # control flow, not an error
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Pcap(Collector):
+    """Timed packet capture of traffic to and from the alert's source address.
+
+    One pcap file per interface (nanosecond timestamps), readable by tcpdump -r and tshark.
+    The BPF filter `host <srcip>` runs in the kernel; kernel drop counts go in the manifest.
+    """
+
+    name: ClassVar[str] = "pcap"
+    expects: ClassVar[tuple[Arg, ...]] = (Arg.SRCIP,)
+    version: ClassVar[str] = "1"
+    default_duration: ClassVar[float] = 600.0
+    tool_modules: ClassVar[tuple[str, ...]] = ("scapy",)
+    option_specs: ClassVar[tuple[OptionSpec, ...]] = (
+        OptionSpec("duration", float, 600.0, "Seconds to capture."),
+        OptionSpec("max-packets", int, 0, "Stop after this many packets (0: no limit)."),
+        OptionSpec("max-bytes", int, 0, "Stop once the pcap files reach this size (0: no limit)."),
+        OptionSpec("snaplen", int, 262144, "Bytes kept of each packet."),
+        OptionSpec("interface", list, [], "Interface to capture on (repeatable; default: all)."),
+    )
+
+    @classmethod
+    def check_compatible(cls) -> None:
+        if not hasattr(socket, "AF_PACKET"):
+            raise PluginUnavailable("pcap: AF_PACKET sockets need Linux")
+        import importlib.util
+
+        if importlib.util.find_spec("scapy") is None:
+            raise PluginUnavailable("pcap: scapy is not installed", hint="pip install 'dfir-ar[pcap]'")
+
+    def collect(self, job: CollectJob, sink: ArtifactSink) -> Outcome:
+        srcip = job.target.srcip
+        if srcip is None:
+            raise InvalidArgument("pcap needs a srcip (the address whose traffic is captured)")
+        # Defence in depth: the filter text is built from a parsed address only.
+        addr = ipaddress.ip_address(str(srcip))
+        opts = job.options
+        duration = float(opts.get("duration", 600.0))
+        max_packets = int(opts.get("max-packets", 0))
+        max_bytes = int(opts.get("max-bytes", 0))
+        snaplen = int(opts.get("snaplen", 262144))
+        wanted = list(opts.get("interface", []))
+        if duration <= 0 or snaplen < 64 or snaplen > 262144 or max_packets < 0 or max_bytes < 0:
+            raise InvalidArgument(
+                "pcap: need duration > 0, 64 <= snaplen <= 262144, max-packets/max-bytes >= 0"
+            )
+        expression = f"host {addr.compressed}"
+        interfaces, skipped = _select_interfaces(wanted)
+        captures: list[_Capture] = []
+        details: dict[str, Any] = {"filter": expression, "snaplen": snaplen,
+                                   "skipped_interfaces": skipped}
+        try:
+            for iface in interfaces:
+                captures.append(_open_capture(iface, expression, snaplen))
+            with contextlib.ExitStack() as stack:
+                for cap in captures:
+                    cap.writer = stack.enter_context(
+                        sink.artifact(f"{_safe_name(cap.iface.name)}.pcap", _MEDIA_PCAP)
+                    )
+                    cap.writer.write(pcap_global_header(cap.linktype, snaplen))
+                status, reason = self._loop(job, captures, duration, max_packets, max_bytes,
+                                            snaplen)
+        finally:
+            for cap in captures:
+                with contextlib.suppress(OSError):
+                    cap.read_stats()
+                cap.sock.close()
+        dropped = sum(c.kernel_dropped for c in captures)
+        details.update({
+            "packets": sum(c.packets for c in captures),
+            "bytes": sum(c.bytes for c in captures),
+            "kernel_dropped": dropped,
+            "interfaces": {
+                c.iface.name: {"packets": c.packets, "bytes": c.bytes,
+                               "kernel_received": c.kernel_received,
+                               "kernel_dropped": c.kernel_dropped}
+                for c in captures
+            },
+        })
+        if dropped and status is Status.OK:
+            status, reason = Status.PARTIAL, f"the kernel dropped {dropped} matching packets"
+        return Outcome(status, reason, details)
+
+    def _loop(self, job: CollectJob, captures: list[_Capture], duration: float,
+              max_packets: int, max_bytes: int, snaplen: int) -> tuple[Status, str]:
+        poller = select.poll()
+        by_fd = {}
+        for cap in captures:
+            poller.register(cap.sock.fileno(), select.POLLIN)
+            by_fd[cap.sock.fileno()] = cap
+        clock = job.clock
+        start = clock.monotonic()
+        end = start + duration
+        job.progress(f"capturing host {job.target.srcip} on "
+                     f"{', '.join(c.iface.name for c in captures) or 'no interface'}", 0.0)
+        recv_buf = bytearray(snaplen)
+        view = memoryview(recv_buf)
+        anc_size = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_AUXDATA.size)
+        total_packets = 0
+        total_bytes = 24 * len(captures)  # the global headers
+        next_progress = start + 5.0
+        try:
+            while True:
+                now = clock.monotonic()
+                if now >= job.deadline:
+                    raise _Stop(Status.PARTIAL, "collection deadline reached")
+                if job.cancel.is_set():
+                    raise _Stop(Status.PARTIAL, "cancelled before the capture duration ended")
+                if now >= end:
+                    raise _Stop(Status.OK, "")
+                if now >= next_progress:
+                    job.progress(f"{total_packets} packets", (now - start) / duration)
+                    next_progress = now + 5.0
+                timeout = max(0, min(POLL_MS, int((min(end, job.deadline) - now) * 1000) + 1))
+                for fd, _event in poller.poll(timeout):
+                    cap = by_fd[fd]
+                    # Drain what is queued, bounded so one busy interface cannot starve the clock.
+                    for _ in range(4096):
+                        try:
+                            n, anc, _flags, address = cap.sock.recvmsg_into(
+                                [view], anc_size, socket.MSG_TRUNC | socket.MSG_DONTWAIT
+                            )
+                        except BlockingIOError:
+                            break
+                        if cap.iface.is_loopback and address[2] == PACKET_OUTGOING:
+                            continue  # lo delivers each packet twice; libpcap drops this copy too
+                        captured = min(n, snaplen)
+                        sec, nsec, original = _ancillary(anc, n)
+                        record = _RECORD.pack(sec, nsec, captured, original)
+                        size = len(record) + captured
+                        if max_bytes and total_bytes + size > max_bytes:
+                            raise _Stop(Status.PARTIAL, f"--max-bytes {max_bytes} reached")
+                        cap.buffer += record
+                        cap.buffer += view[:captured]
+                        cap.packets += 1
+                        cap.bytes += size
+                        total_bytes += size
+                        total_packets += 1
+                        if len(cap.buffer) >= FLUSH_AT:
+                            _flush(cap)
+                        if max_packets and total_packets >= max_packets:
+                            raise _Stop(Status.OK, "")
+        except _Stop as stop:
+            return self._finish(captures, stop.status, stop.reason)
+        except ByteCapReached as exc:
+            return self._finish(captures, Status.PARTIAL, str(exc))
+
+    @staticmethod
+    def _finish(captures: list[_Capture], status: Status, reason: str) -> tuple[Status, str]:
+        try:
+            for cap in captures:
+                _flush(cap)
+        except ByteCapReached as exc:
+            return Status.PARTIAL, str(exc)
+        return status, reason
+
+
+def _ancillary(anc: list[tuple[int, int, bytes]], received: int) -> tuple[int, int, int]:
+    """(sec, nsec, original length). The BPF ``ret snaplen`` trims the packet in the kernel, so
+    its length on the wire survives only in PACKET_AUXDATA's tp_len (as libpcap reads it)."""
+    sec = nsec = -1
+    original = received
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+        elif level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
+            original = _AUXDATA.unpack_from(data)[1]
+    if sec < 0:
+        now = time.time_ns()
+        sec, nsec = now // 1_000_000_000, now % 1_000_000_000
+    return sec, nsec, original
+
+
+def _flush(cap: _Capture) -> None:
+    """Write the buffered records; at the byte cap, keep whole records only (pcap stays valid)."""
+    if not cap.buffer or cap.writer is None:
+        return
+    data = bytes(cap.buffer)
+    cap.buffer.clear()
+    try:
+        cap.writer.write(data)
+    except ByteCapReached:
+        # Write record by record until the cap, so everything that fits is kept.
+        offset = 0
+        while offset < len(data):
+            _, _, incl, _ = _RECORD.unpack_from(data, offset)
+            end = offset + _RECORD.size + incl
+            cap.writer.write(data[offset:end])
+            offset = end
+        raise
+
+
+def _safe_name(ifname: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in ifname) or "if"
+
+
+def _select_interfaces(wanted: list[str]) -> tuple[list[Interface], dict[str, str]]:
+    available = {i.name: i for i in list_interfaces()}
+    skipped: dict[str, str] = {}
+    if wanted:
+        missing = [w for w in wanted if w not in available]
+        if missing:
+            raise InvalidArgument(
+                f"pcap: no interface named {', '.join(missing)} "
+                f"(have: {', '.join(sorted(available))})"
+            )
+        chosen = [available[w] for w in wanted]
+    else:
+        chosen = list(available.values())
+    usable = []
+    for iface in chosen:
+        if iface.hatype not in LINK_TYPES:
+            skipped[iface.name] = f"link type {iface.hatype} is not Ethernet, loopback or raw IP"
+            continue
+        usable.append(iface)
+    if not usable:
+        raise ExecutionError(f"pcap: no interface to capture on (skipped: {skipped})")
+    return usable, skipped
+
+
+def _open_capture(iface: Interface, expression: str, snaplen: int) -> _Capture:
+    dlt, linktype = LINK_TYPES[iface.hatype]
+    program = compile_bpf(expression, dlt, snaplen)
+    # Protocol 0: the socket receives nothing until bind() below, after the filter is in place.
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        attach_bpf(sock, program)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        try:
+            # Root may exceed rmem_max: a deep queue rides out bursts while Python catches up.
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECV_BUFFER)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        sock.bind((iface.name, ETH_P_ALL))
+        sock.setblocking(False)
+        # Counters from before bind() are noise; start from zero.
+        sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+    except PermissionError as exc:
+        sock.close()
+        raise ExecutionError(f"pcap: opening a packet socket on {iface.name} needs root "
+                             f"(CAP_NET_RAW): {exc}") from exc
+    except OSError as exc:
+        sock.close()
+        raise ExecutionError(f"pcap: cannot capture on {iface.name}: {exc}") from exc
+    return _Capture(iface, sock, linktype)
+
+
+def iter_pcap_records(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(sec, nsec, captured, original) of each record in a pcap file we wrote (tests, tools)."""
+    offset = 24
+    while offset < len(data):
+        sec, nsec, incl, orig = _RECORD.unpack_from(data, offset)
+        yield sec, nsec, incl, orig
+        offset += _RECORD.size + incl

@@ -1,0 +1,187 @@
+"""pcap collector against real traffic between two network namespaces, read back by tcpdump."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collectors.pcap import Pcap, compile_bpf, iter_pcap_records
+from dfir_ar.collector import CollectJob, CollectorContext, Status
+from dfir_ar.config.models import Config
+from dfir_ar.errors import InvalidArgument
+from dfir_ar.evidence.collect import run_collection
+from dfir_ar.evidence.manifest import Trigger
+from dfir_ar.evidence.verify import verify_bundle
+from dfir_ar.responder import Target
+from dfir_ar.validate import parse_ip
+from tests.conftest import require_root, require_tool
+from tests.evidence.helpers import extract_artifact, read_members
+from tests.netns import NetPair, net_pair
+
+REPO = Path(__file__).resolve().parents[2]
+OTHER4 = "198.51.100.7"  # a second attacker-side address whose traffic must NOT be captured
+
+SENDER = r"""
+import socket, sys, time
+src, dst, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.bind((src, 0))
+for i in range(count):
+    s.sendto(b"x" * size, (dst, 40000 + i % 7))
+    time.sleep(0.002)
+"""
+
+
+@pytest.fixture
+def pair() -> Iterator[NetPair]:
+    require_root()
+    require_tool("ip", "tcpdump")
+    with net_pair("pc") as p:
+        p.in_attacker("ip", "addr", "add", f"{OTHER4}/24", "dev", p.attacker_if)
+        yield p
+
+
+def send_udp(pair: NetPair, src: str, dst: str, count: int, size: int = 100) -> None:
+    pair.in_attacker(sys.executable, "-c", SENDER, src, dst, str(count), str(size), timeout=30)
+
+
+def start_capture(pair: NetPair, spool: Path, srcip: str, *options: str, deadline: float = 30,
+                  bundle_bytes: int = 1 << 30) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        pair.agent_argv([sys.executable, "-m", "tests.collectors.pcap_runner", str(spool), srcip,
+                         str(deadline), str(bundle_bytes), *options]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the capture is open and filtered once this arrives
+    if line.strip() != "READY":
+        proc.kill()
+        raise AssertionError(f"capture did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    return proc
+
+
+def finish(proc: subprocess.Popen[str]) -> dict[str, str]:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    result: dict[str, str] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def tcpdump_count(pcap: Path, expression: str) -> int:
+    done = subprocess.run(["tcpdump", "-nn", "-r", str(pcap), expression],
+                          capture_output=True, text=True, timeout=30, check=True)
+    return len([ln for ln in done.stdout.splitlines() if ln.strip()])
+
+
+def test_capture_has_exactly_the_attackers_packets(pair: NetPair, tmp_path: Path) -> None:
+    proc = start_capture(pair, tmp_path, pair.a4, "--duration", "3")
+    try:
+        send_udp(pair, pair.a4, pair.b4, 40)
+        send_udp(pair, OTHER4, pair.b4, 25)
+        assert pair.ping_ok(count=3, wait=1)
+    finally:
+        result = finish(proc)
+    bundle = Path(result["path"])
+    report = verify_bundle(bundle)
+    assert report.ok, report.problems
+    assert result["status"] == "ok"
+    pcap = extract_artifact(bundle, f"artifacts/pcap/{pair.agent_if}.pcap", tmp_path / "a.pcap")
+    assert tcpdump_count(pcap, f"udp and src host {pair.a4}") == 40
+    assert tcpdump_count(pcap, f"host {OTHER4}") == 0
+    assert tcpdump_count(pcap, "icmp[icmptype] == icmp-echo") == 3
+    assert tcpdump_count(pcap, "icmp[icmptype] == icmp-echoreply") == 3
+    # tcpdump reads every record we wrote, and the manifest counts the same.
+    data = pcap.read_bytes()
+    records = list(iter_pcap_records(data))
+    assert tcpdump_count(pcap, "") == len(records)
+    assert report.manifest is not None
+    (rec,) = report.manifest.collectors
+    assert rec.details["interfaces"][pair.agent_if]["packets"] == len(records)
+    assert rec.details["kernel_dropped"] == 0
+    assert rec.details["filter"] == f"host {pair.a4}"
+    assert "lo" in rec.details["interfaces"]
+    assert all(incl == orig for _, _, incl, orig in records)
+    assert report.manifest.tools.get("scapy")
+
+
+def test_ipv6_max_packets_and_snaplen(pair: NetPair, tmp_path: Path) -> None:
+    proc = start_capture(pair, tmp_path, pair.a6, "--duration", "20", "--max-packets", "10",
+                         "--snaplen", "80", "--interface", pair.agent_if)
+    try:
+        send_udp(pair, pair.a6, pair.b6, 30, size=300)
+    finally:
+        result = finish(proc)
+    assert result["status"] == "ok"
+    bundle = Path(result["path"])
+    assert verify_bundle(bundle).ok
+    pcap = extract_artifact(bundle, f"artifacts/pcap/{pair.agent_if}.pcap", tmp_path / "6.pcap")
+    records = list(iter_pcap_records(pcap.read_bytes()))
+    assert len(records) == 10 == tcpdump_count(pcap, f"host {pair.a6}")
+    assert all(incl <= 80 for _, _, incl, _ in records)
+    assert any(orig > 300 for _, _, _, orig in records)  # original length kept beside the cut
+    names = [n for n in read_members(bundle) if n.endswith(".pcap")]
+    assert names == [f"artifacts/pcap/{pair.agent_if}.pcap"]
+
+
+def test_max_bytes_and_bundle_cap_leave_a_valid_partial_pcap(pair: NetPair, tmp_path: Path) -> None:
+    for option, cap, reason in (
+        (["--max-bytes", "3000"], 1 << 30, "--max-bytes 3000"),
+        ([], 2500, "byte cap"),
+    ):
+        spool = tmp_path / reason.replace(" ", "_")
+        proc = start_capture(pair, spool, pair.a4, "--duration", "20",
+                             "--interface", pair.agent_if, *option, bundle_bytes=cap)
+        try:
+            send_udp(pair, pair.a4, pair.b4, 60, size=100)
+        finally:
+            result = finish(proc)
+        assert result["status"] == "partial", result
+        bundle = Path(result["path"])
+        report = verify_bundle(bundle)
+        assert report.ok, report.problems
+        assert report.manifest is not None
+        assert reason in report.manifest.collectors[0].reason
+        pcap = extract_artifact(bundle, f"artifacts/pcap/{pair.agent_if}.pcap", spool / "p.pcap")
+        size = pcap.stat().st_size
+        assert 0 < size <= 3000
+        records = list(iter_pcap_records(pcap.read_bytes()))
+        assert len(records) > 5
+        assert tcpdump_count(pcap, "") == len(records)
+
+
+def test_deadline_before_duration_is_partial(pair: NetPair, tmp_path: Path) -> None:
+    proc = start_capture(pair, tmp_path, pair.a4, "--duration", "600", "--interface",
+                         pair.agent_if, deadline=2)
+    result = finish(proc)
+    assert result["status"] == "partial"
+    report = verify_bundle(Path(result["path"]))
+    assert report.ok
+    assert report.manifest is not None
+    assert "deadline" in report.manifest.collectors[0].reason
+
+
+def test_bad_interface_and_options_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="--snaplen"):
+        Pcap.parse_options(["--snaplen", "big"])
+    config = Config.model_validate({"evidence": {"spool_dir": str(tmp_path), "min_free_mb": 0}})
+    job = CollectJob(target=Target(srcip=parse_ip("203.0.113.7")),
+                     options=Pcap.parse_options(["--interface", "nosuch0", "--duration", "1"]),
+                     deadline=1e18, max_bytes=1 << 20)
+    result = run_collection(Pcap(CollectorContext(state_dir=tmp_path)), job,
+                            trigger=Trigger(srcip="203.0.113.7"), config=config)
+    assert result.status is Status.FAILED
+    report = verify_bundle(result.path)
+    assert report.ok and report.manifest is not None
+    assert "no interface named nosuch0" in report.manifest.collectors[0].error
+
+
+def test_filter_is_compiled_for_the_snaplen() -> None:
+    prog = compile_bpf("host 2001:db8::6", 1, 96)
+    rets = [k for code, _, _, k in prog if code == 0x06]
+    assert set(rets) == {0, 96}
