@@ -23,7 +23,6 @@ import os
 import select
 import time
 from collections.abc import Collection, Mapping
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -165,12 +164,6 @@ def alert_data(alert: Mapping[str, Any]) -> Mapping[str, Any]:
     """``alert.data`` (where Wazuh's own scripts read srcip and dstuser), or {}."""
     data = alert.get("data")
     return data if isinstance(data, Mapping) else {}
-
-
-def format_log_line(when: datetime, program: str, message: str) -> str:
-    """One active-responses.log line in Wazuh >= 4.2's format (rules 650-658 decode these)."""
-    flat = message.replace("\r", " ").replace("\n", " ")
-    return f"{when:%Y/%m/%d %H:%M:%S} {program}: {flat}\n"
 
 
 class FdLineReader:
