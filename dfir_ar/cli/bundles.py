@@ -28,15 +28,14 @@ def _default_key(config_file: Path | None) -> Path | None:
 
 
 @bundles.command("verify")
-@click.argument("files", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, metavar="ID|FILE...")
 @click.option("--key", "key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="ed25519 public key (signing.pub). Default: evidence.verify_key of -c CONFIG.")
 @click.option("--allow-unsigned", is_flag=True,
               help="With a key, accept bundles that carry no signature.")
 @config_option
 @json_option
-def verify(files: tuple[Path, ...], key: Path | None, allow_unsigned: bool,
+def verify(files: tuple[str, ...], key: Path | None, allow_unsigned: bool,
            config_file: Path | None, as_json: bool) -> None:
     """Check every artifact's SHA-256 and size, the archive's integrity and the signature.
 
@@ -45,11 +44,20 @@ def verify(files: tuple[Path, ...], key: Path | None, allow_unsigned: bool,
     Examples:
       dfir-ar bundles verify 01J9Z3W0K6V8E3QF4M2N7R5T1A.tar.zst --key signing.pub
       dfir-ar bundles verify --json ready/*.tar.zst
+      dfir-ar bundles verify -c CONFIG 01J9Z3W0K6V8E3QF4M2N7R5T1A   (fetched from the store)
     """
+    from dfir_ar.cli.bundles_remote import verify_targets
     from dfir_ar.evidence.verify import verify_bundle
 
     key = key or _default_key(config_file)
-    reports = [verify_bundle(f, key, allow_unsigned=allow_unsigned) for f in files]
+    reports = []
+    with verify_targets(files, config_file) as targets:
+        for path, upload_problems in targets:
+            report = verify_bundle(path, key, allow_unsigned=allow_unsigned)
+            # A bundle fetched by ID is also checked against the SHA-256 recorded at upload.
+            report.problems[:0] = upload_problems
+            report.ok = report.ok and not upload_problems
+            reports.append(report)
     if as_json:
         print_json([r.to_json() for r in reports])
     else:

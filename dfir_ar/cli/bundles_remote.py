@@ -292,23 +292,41 @@ def push_cmd(config_file: Path | None, check_only: bool, as_json: bool) -> None:
                 click.echo(f"{len(uploader.uploaded)} uploaded, {len(left)} waiting in the spool")
 
 
-def verify_remote(
-    config_file: Path | None, bundle_id: str, agent: str | None
-) -> tuple[Path, list[str], Callable[[], None]]:
-    """For ``bundles verify ID``: fetch the bundle into a temporary directory. Returns the file,
-    mismatches with the upload record, and a cleanup function the caller runs when done."""
+@contextmanager
+def verify_targets(
+    items: tuple[str, ...], config_file: Path | None
+) -> Iterator[list[tuple[Path, list[str]]]]:
+    """For ``bundles verify ID|FILE...``: a FILE is used as it is; a bundle ID (not an existing
+    file) is fetched from the store named by the config into a temporary directory, removed on
+    exit. Yields (path, problems found before verify: a mismatch with the upload record)."""
     import shutil
 
     from dfir_ar.evidence.retrieve import fetch_for_verify
+    from dfir_ar.ids import is_id
 
-    _, store = _store(config_file)
-    work = Path(tempfile.mkdtemp(prefix="dfir-ar-verify-"))
+    work: Path | None = None
+    store: Any = None
+    targets: list[tuple[Path, list[str]]] = []
     try:
-        path, problems = fetch_for_verify(store, bundle_id, work, agent=agent)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return path, problems, lambda: shutil.rmtree(work, ignore_errors=True)
+        for item in items:
+            path = Path(item)
+            if path.is_file():
+                targets.append((path, []))
+                continue
+            if not is_id(item):
+                raise click.BadParameter(
+                    f"{item!r} is neither a file nor a bundle id", param_hint="ID|FILE"
+                )
+            if store is None:
+                _, store = _store(config_file)
+                work = Path(tempfile.mkdtemp(prefix="dfir-ar-verify-"))
+            assert work is not None
+            with _progress(f"fetch {item}") as factory:
+                targets.append(fetch_for_verify(store, item, work, progress_factory=factory))
+        yield targets
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 COMMANDS = (list_cmd, get_cmd, url_cmd, push_cmd)

@@ -361,13 +361,20 @@ def _extract(archive: Path, target: Path) -> None:
 
 
 def fetch_for_verify(
-    store: EvidenceStore, bundle_id: str, work: Path, *, agent: str | None = None
+    store: EvidenceStore,
+    bundle_id: str,
+    work: Path,
+    *,
+    agent: str | None = None,
+    progress_factory: Callable[[int], Progress] | None = None,
 ) -> tuple[Path, list[str]]:
     """``bundles verify ID``: download into ``work`` and return the file and any mismatch with
     the upload record; the caller runs verify_bundle on it."""
     entry = find_bundle(store, bundle_id, agent=agent)
     dest = work / f"{entry.bundle_id}{BUNDLE_SUFFIX}"
-    _, problems = download_bundle(store, entry, dest)
+    info = store.head(entry.bundle_key)
+    progress = progress_factory(info.size if info else 0) if progress_factory else NO_PROGRESS
+    _, problems = download_bundle(store, entry, dest, progress=progress)
     return dest, problems
 
 

@@ -141,3 +141,34 @@ def test_push_cli_reports_what_went_and_what_waits(tmp_path: Path) -> None:
     report = json.loads(result.output)
     assert [u["bundle_id"] for u in report["uploaded"]] == [bundle.bundle_id]
     assert report["waiting"] == []
+
+
+def test_bundles_verify_accepts_an_id_fetched_from_the_store(tmp_path: Path) -> None:
+    from dfir_ar.cli.main import cli
+
+    config = _file_config(tmp_path)
+    good = make_bundle(config.spool_dir)
+    bad = make_bundle(config.spool_dir)
+    Uploader(config).drain_once()
+    cfg = str(write_config_file(tmp_path / "dfir-ar.toml", config))
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["bundles", "verify", "-c", cfg, good.bundle_id])
+    assert ok.exit_code == 0, ok.output
+    assert f"OK    {good.bundle_id}" in ok.output
+    stored = next((tmp_path / "store").rglob(f"{bad.bundle_id}.tar.zst"))
+    os.chmod(stored, 0o640)
+    data = bytearray(stored.read_bytes())
+    data[-100] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    failed = runner.invoke(cli, ["bundles", "verify", "-c", cfg, "--json", good.bundle_id, bad.bundle_id])
+    assert failed.exit_code != 0
+    assert isinstance(failed.exception, VerificationFailed) and failed.exception.exit_code == 7
+    reports = json.loads(failed.output[: failed.output.rindex("]") + 1])
+    assert [r["ok"] for r in reports] == [True, False]
+    assert any("recorded when it was uploaded" in p for p in reports[1]["problems"])
+    nonsense = runner.invoke(cli, ["bundles", "verify", "-c", cfg, "not-an-id-or-file"])
+    assert nonsense.exit_code == 2 and "neither a file nor a bundle id" in nonsense.output
+    # list/get/url/push are in the same group
+    listed = runner.invoke(cli, ["bundles", "list", "-c", cfg, "--json"])
+    assert listed.exit_code == 0 and {r["bundle_id"] for r in json.loads(listed.output)} == {
+        good.bundle_id, bad.bundle_id}
