@@ -55,11 +55,20 @@ class UnknownFormat(MalformedAlert):
 
 
 def excerpt(data: bytes | str, limit: int = 120) -> str:
-    """A short, printable, log-safe rendering of hostile input (escapes controls and non-ASCII)."""
-    text = data[: limit * 4].decode("utf-8", "backslashreplace") if isinstance(data, bytes) else data
-    cut = len(text) > limit
-    shown = text[:limit].encode("unicode_escape", "backslashreplace").decode("ascii")
-    return shown + ("..." if cut else "")
+    """A short, printable, log-safe rendering of hostile input: ASCII only, controls and
+    non-ASCII escaped (look-alike letters show as \\u codes), bytes that are not UTF-8 as \\xNN."""
+    # surrogateescape maps each undecodable byte to one lone surrogate U+DC80..U+DCFF.
+    text = data[: limit * 4].decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+    out: list[str] = []
+    for ch in text[:limit]:
+        code = ord(ch)
+        if 0x20 <= code < 0x7F:
+            out.append("\\\\" if ch == "\\" else ch)
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out) + ("..." if len(text) > limit else "")
 
 
 def _decode(data: bytes, max_bytes: int) -> str:
@@ -136,12 +145,17 @@ def _opt_str(value: object, what: str) -> str | None:
     raise _wrong(what, "a string", value)
 
 
+# Agent ids route orders (NATS subjects, file names) and reach scripts: letters, digits, '_', '-'.
+# A '.', '*' or '>' would change the subject an order is published to.
+AGENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def _agent_id(value: object, what: str) -> str:
-    # An alert naming an agent must name one: "" or null would route a "local" response nowhere
-    # (or, read as the manager, to the wrong host).
-    if isinstance(value, str) and value:
+    # An alert naming an agent must name a valid one: "" or null would route a "local" response
+    # nowhere (or, read as the manager, to the wrong host).
+    if isinstance(value, str) and AGENT_ID.fullmatch(value):
         return value
-    raise _wrong(what, "a non-empty agent id", value)
+    raise _wrong(what, "an agent id (letters, digits, '_', '-')", value)
 
 
 def _opt_obj(value: object, what: str) -> Mapping[str, Any]:

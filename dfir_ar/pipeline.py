@@ -8,7 +8,6 @@ applies them (with dfir_ar.rails) after ``decide``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,14 +17,12 @@ from dfir_ar.errors import InvalidAddress, InvalidArgument, InvalidUsername
 from dfir_ar.ids import new_id
 from dfir_ar.matcher import Matcher
 from dfir_ar.order import Order
+from dfir_ar.parsers import AGENT_ID
 from dfir_ar.rails import WhiteList
 from dfir_ar.responder import Target
 from dfir_ar.validate import IPAddress, IPNetwork, parse_ip, parse_network, parse_username
 
 LEVEL_ZERO = "rule level 0 never triggers a response"
-# Agent ids travel into NATS subjects and file names: digits, letters, '_' and '-' only (a '.',
-# '*' or '>' would change which subject an order is published to).
-_AGENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_FILENAME = 4096
 
 
@@ -206,7 +203,7 @@ class Pipeline:
         if location is Location.LOCAL:
             agent = alert.agent_id
             if agent:
-                if not _AGENT_ID.fullmatch(agent):
+                if not AGENT_ID.fullmatch(agent):
                     return Decision(
                         b.index, name, None, f"agent id {agent!r:.80} is not a valid agent id"
                     )

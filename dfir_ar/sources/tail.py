@@ -96,6 +96,8 @@ class FileTail:
         self.max_alert_bytes = max_alert_bytes
         self.poll_interval = poll_interval
         self.start_at = start_at
+        self.ready = threading.Event()
+        """Set once the file is open and positioned: lines appended from then on are delivered."""
 
     def __repr__(self) -> str:
         return f"FileTail({self.name!r})"
@@ -219,6 +221,7 @@ class FileTail:
         cur: _Open | None = self._start(handle, stop)
         if cur is None:
             return
+        self.ready.set()
         try:
             while not stop.is_set():
                 if self._pump(cur, handle, stop):

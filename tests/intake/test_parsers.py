@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dfir_ar.alert import Alert
+from dfir_ar.errors import RefusedInput
+from dfir_ar.parsers import (
+    MalformedAlert,
+    NotUtf8,
+    OssecBlockParser,
+    OversizedAlert,
+    UnknownFormat,
+    detect_format,
+    excerpt,
+    parse_json_alert,
+    parse_ossec_text,
+    parse_plain_json,
+    parse_wazuh_line,
+)
+from dfir_ar.sources.base import Rejected
+from dfir_ar.sources.reader import RecordReader
+
+from .conftest import EXAMPLES, wazuh_line
+
+
+def test_wazuh_sample_file_parses_completely() -> None:
+    lines = (EXAMPLES / "wazuh-ssh-bruteforce.json").read_bytes().splitlines()
+    alerts = [parse_wazuh_line(line) for line in lines]
+    assert [a.rule_id for a in alerts].count(5712) == 2
+    first = alerts[0]
+    assert first.rule_id == 5716 and first.level == 5
+    assert first.groups == ("syslog", "sshd", "authentication_failed")
+    assert first.group_string == "syslog,sshd,authentication_failed,"
+    assert first.agent_id == "001" and first.agent_name == "web01"
+    assert first.srcip == "198.51.100.6" and first.dstuser == "root"
+    assert first.location == "/var/log/auth.log"
+    assert first.timestamp == "2026-11-22T08:00:00.000+0000"
+    assert "Failed password" in first.full_log
+    # The raw alert is kept whole for Wazuh-protocol scripts, unknown fields included.
+    assert first.raw["rule"]["mitre"]["technique"] == ["Brute Force"]
+    assert first.to_wazuh() == json.loads(lines[0])
+
+
+def test_ossec_sample_file_parses_to_the_same_alerts_as_wazuh() -> None:
+    parsed = parse_ossec_text((EXAMPLES / "ossec-ssh-bruteforce.log").read_bytes())
+    wazuh = [parse_wazuh_line(x) for x in (EXAMPLES / "wazuh-ssh-bruteforce.json").read_bytes().splitlines()]
+    assert len(parsed) == len(wazuh) == 11
+    for p, w in zip(parsed, wazuh, strict=True):
+        assert isinstance(p.item, Alert), p.item
+        a = p.item
+        assert (a.rule_id, a.level, a.groups, a.srcip, a.id) == (w.rule_id, w.level, w.groups, w.srcip, w.id)
+        assert a.agent_name == "web01" and a.agent_ip == "198.51.100.5"
+        assert a.agent_id == ""  # alerts.log names the agent, not its id
+        assert a.full_log == w.full_log
+    assert parsed[0].item.dstuser == "root"  # type: ignore[union-attr]
+    assert parsed[0].item.description == "sshd: authentication failed."  # type: ignore[union-attr]
+
+
+def test_ossec_manager_alert_and_missing_blank_line() -> None:
+    text = (
+        b"** Alert 1461258591.68247: mail  - syslog,sshd,authentication_failures,\n"
+        b"2016 Apr 21 13:09:51 manager->/var/log/secure\n"
+        b"Rule: 5712 (level 10) -> 'SSHD brute force trying to get access to the system.'\n"
+        b"Src IP: 198.51.100.6\n"
+        b"Apr 21 13:09:49 manager sshd[1]: Failed password\n"
+        b"** Alert 1461258592.1: - syslog,\n"
+        b"2016 Apr 21 13:09:52 manager->/var/log/secure\n"
+        b"Rule: 1002 (level 2) -> 'Unknown problem'\n"
+        b"something\n"
+    )
+    parsed = parse_ossec_text(text)
+    assert [type(p.item) for p in parsed] == [Alert, Alert]
+    a = parsed[0].item
+    assert isinstance(a, Alert)
+    assert a.agent_id == "000" and a.agent_name == "manager" and a.srcip == "198.51.100.6"
+    assert a.id == "1461258591.68247" and a.timestamp == "2016 Apr 21 13:09:51"
+    # The first block ends just before the next header (its cursor must not skip the header).
+    assert parsed[0].end == text.index(b"** Alert 1461258592")
+
+
+def test_ossec_parser_refuses_stray_text_and_oversized_blocks() -> None:
+    p = OssecBlockParser(max_bytes=200)
+    out = p.feed(b"stray\n", 6)
+    assert len(out) == 1 and isinstance(out[0].item, MalformedAlert)
+    assert p.feed(b"** Alert 1.2: - a,\n", 25) == []
+    assert p.feed(b"x" * 300 + b"\n", 326) == []
+    (done,) = p.feed(b"\n", 327)
+    assert isinstance(done.item, OversizedAlert) and done.end == 327
+
+
+def test_plain_json() -> None:
+    a = parse_plain_json(b'{"rule_id": "5712", "level": 10, "groups": "syslog,sshd,", '
+                         b'"srcip": "198.51.100.6", "user": "alice", "agent_id": "002"}')
+    got = (a.rule_id, a.level, a.groups, a.dstuser, a.agent_id)
+    assert got == (5712, 10, ("syslog", "sshd"), "alice", "002")
+    assert a.raw["rule"]["id"] == "5712" and a.raw["data"]["srcip"] == "198.51.100.6"
+    with pytest.raises(MalformedAlert, match=r'unknown field .src_ip.*did you mean "srcip"'):
+        parse_plain_json(b'{"rule_id": 1, "level": 3, "src_ip": "198.51.100.6"}')
+    with pytest.raises(MalformedAlert, match="needs rule_id and level"):
+        parse_plain_json(b'{"rule_id": 1}')
+    with pytest.raises(MalformedAlert, match="disagree"):
+        parse_plain_json(b'{"rule_id": 1, "level": 3, "user": "a", "username": "b"}')
+
+
+def test_auto_json_picks_the_shape() -> None:
+    assert parse_json_alert(wazuh_line()).agent_id == "001"
+    assert parse_json_alert(b'{"rule_id": 5, "level": 3}').rule_id == 5
+    with pytest.raises(MalformedAlert, match="neither a rule object"):
+        parse_json_alert(b'{"x": 1}')
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (b"{not json", MalformedAlert, "not valid JSON"),
+        (b"[" * 30_000 + b"]" * 30_000, MalformedAlert, "nested too deeply"),
+        (b'{"rule": {"id": "5712", "level": 10}, "x": "\xff"}', NotUtf8, "byte 44 is not UTF-8"),
+        (b'{"rule": {"id": "5712", "level": 10}, "pad": "' + b"A" * 70_000 + b'"}', OversizedAlert,
+         "limit is 65536"),
+        (b'{"rule": {"id": 5712.0, "level": 10}}', MalformedAlert, "rule.id: expected a rule number"),
+        (b'{"rule": {"id": "\xef\xbc\x95712", "level": 10}}', MalformedAlert, "not a rule number"),
+        (b'{"rule": {"id": "5712", "level": "10"}}', MalformedAlert, "rule.level: expected an integer"),
+        (b'{"rule": {"id": "5712", "level": true}}', MalformedAlert, "rule.level"),
+        (b'{"rule": {"id": "5712", "level": 21}}', MalformedAlert, "outside 0..20"),
+        (b'{"rule": {"id": "5712", "level": 10, "groups": ["a,b"]}}', MalformedAlert, "not a group name"),
+        (b'{"rule": {"id": "5712", "level": 10}, "data": {"srcip": 5}}', MalformedAlert,
+         "data.srcip: expected a string"),
+        (b'{"rule": {"id": "5712", "level": 10}, "agent": {"id": ""}}', MalformedAlert, "agent.id"),
+        (b'{"rule": {"id": "5712", "level": 10}, "data": []}', MalformedAlert, "data: expected an object"),
+        (b"[1]", MalformedAlert, "alert: expected a JSON object"),
+        (b'{"rule": {"id": "9' + b"9" * 5000 + b'", "level": 1}}', MalformedAlert, "not a rule number"),
+    ],
+)
+def test_bad_wazuh_input_is_refused_with_a_reason(data: bytes, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message) as info:
+        parse_wazuh_line(data)
+    assert isinstance(info.value, RefusedInput)
+
+
+def test_detect_format() -> None:
+    assert detect_format(b"\n  " + wazuh_line()) == "wazuh"
+    assert detect_format(b'{"rule_id": 5712, "level": 10}\n') == "json"
+    assert detect_format(b"** Alert 1461258591.68247: - syslog,\n") == "ossec"
+    assert detect_format(b'{"rule": {"id": "57') == "wazuh"  # incomplete first line
+    with pytest.raises(UnknownFormat, match="cannot tell the alert format"):
+        detect_format(b"Nov 22 08:00:00 host sshd[1]: hello")
+
+
+def test_excerpt_is_printable_and_short() -> None:
+    text = excerpt(b"\x1b[2Jroot\x00\n\xff" + b"A" * 500)
+    assert text.isprintable() and text.isascii()
+    assert text.startswith("\\x1b[2Jroot\\x00\\n\\xff") and text.endswith("...")
+    assert len(text) < 200
+
+
+def test_reader_holds_back_partial_lines_and_reports_offsets() -> None:
+    r = RecordReader("auto", max_bytes=1024)
+    line = wazuh_line()
+    assert r.feed(line[:50]) == []
+    assert r.position == 0
+    out = r.feed(line[50:] + b"\n\n" + line[:10])
+    assert len(out) == 1 and isinstance(out[0][0], Alert) and out[0][1] == len(line)
+    assert r.position == len(line) + 2  # the blank line is consumed, the partial one is not
+    assert r.finish()[0][1] == len(line) + 2 + 10  # at EOF the partial line counts (and is refused)
+
+
+def test_reader_drops_oversized_lines_without_buffering_them() -> None:
+    r = RecordReader("wazuh", max_bytes=1024)
+    assert r.feed(b"{" + b"x" * 5000) == []
+    assert r._partial == b""
+    out = r.feed(b"y" * 5000 + b"\n" + wazuh_line())
+    assert isinstance(out[0][0], Rejected) and "over 1024 bytes" in out[0][0].reason
+    assert out[0][1] == 10_002
+    assert isinstance(out[1][0], Alert)
+
+
+def test_reader_frames_ossec_blocks() -> None:
+    data = (EXAMPLES / "ossec-ssh-bruteforce.log").read_bytes()
+    r = RecordReader("auto")
+    items = []
+    for i in range(0, len(data), 7):  # odd chunk sizes: blocks split anywhere
+        items.extend(r.feed(data[i : i + 7]))
+    assert r.framing == "ossec"
+    assert len(items) == 11 and all(isinstance(i, Alert) for i, _ in items)
+    assert items[-1][1] == len(data)

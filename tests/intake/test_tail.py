@@ -1,0 +1,233 @@
+"""FileTail on real files: append, partial lines, rotation, truncation, restart from a durable
+cursor, and a handler that fails mid-stream (the kill -9 case: nothing lost, nothing repeated)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dfir_ar.alert import Alert
+from dfir_ar.sources import build_sources, file_source_name
+from dfir_ar.sources.tail import FilePosition, FileTail
+
+from .conftest import EXAMPLES, JsonCursorStore, Recorder, Running, make_config, wazuh_line
+
+Start = Callable[..., Running]
+
+
+def tail(path: Path, store: JsonCursorStore, **kw: object) -> FileTail:
+    return FileTail(file_source_name(path), path, store, **kw)  # type: ignore[arg-type]
+
+
+def ids(rec: Recorder) -> list[str | None]:
+    return [a.id for a in rec.alerts]
+
+
+def append(path: Path, data: bytes) -> None:
+    with path.open("ab") as f:
+        f.write(data)
+
+
+def test_appended_lines_are_picked_up_fast_and_partial_lines_wait(tmp_path: Path, run_source: Start) -> None:
+    path = tmp_path / "alerts.json"
+    path.write_bytes(b"")
+    rec = Recorder(JsonCursorStore(tmp_path / "cursors.json"))
+    run_source(tail(path, rec.store), rec)  # type: ignore[arg-type]
+    time.sleep(0.05)
+    latencies = []
+    for n in range(20):
+        start = time.monotonic()
+        append(path, wazuh_line(n=n))
+        rec.wait_for(n + 1)
+        latencies.append(time.monotonic() - start)
+    assert ids(rec) == [f"1795334410.{n}" for n in range(20)]
+    assert sorted(latencies)[len(latencies) // 2] < 0.010, latencies  # median well under 10 ms
+    line = wazuh_line(n=99)
+    append(path, line[:40])
+    time.sleep(0.05)
+    assert len(rec.items) == 20  # half a line is not an alert yet
+    append(path, line[40:])
+    rec.wait_for(21)
+    assert rec.alerts[-1].id == "1795334410.99"
+    pos = FilePosition.decode(rec.cursors[-1].position)  # type: ignore[union-attr]
+    assert pos is not None and pos.offset == path.stat().st_size and pos.ino == path.stat().st_ino
+
+
+def test_restart_resumes_exactly_from_the_cursor(tmp_path: Path, run_source: Start) -> None:
+    path = tmp_path / "alerts.json"
+    path.write_bytes(b"")
+    store = JsonCursorStore(tmp_path / "cursors.json")
+    first = Recorder(store)
+    r = run_source(tail(path, store), first)
+    append(path, b"".join(wazuh_line(n=n) for n in range(5)))
+    first.wait_for(5)
+    r.stop()
+    append(path, b"".join(wazuh_line(n=n) for n in range(5, 8)))  # written while we were down
+    second = Recorder(store)
+    run_source(tail(path, store), second)
+    second.wait_for(3)
+    time.sleep(0.05)
+    assert ids(second) == [f"1795334410.{n}" for n in range(5, 8)]
+
+
+def test_a_crash_in_the_handler_loses_and_repeats_nothing(tmp_path: Path, run_source: Start) -> None:
+    path = tmp_path / "alerts.json"
+    path.write_bytes(b"")
+    store = JsonCursorStore(tmp_path / "cursors.json")
+    crashing = Recorder(store)
+    crashing.fail_after = 3
+    r = run_source(tail(path, store), crashing)
+    append(path, b"".join(wazuh_line(n=n) for n in range(6)))
+    r.thread.join(5)
+    assert isinstance(r.error, RuntimeError)  # the source stops instead of skipping alerts
+    assert ids(crashing) == [f"1795334410.{n}" for n in range(3)]
+    again = Recorder(store)
+    run_source(tail(path, store), again)
+    again.wait_for(3)
+    time.sleep(0.05)
+    assert ids(again) == [f"1795334410.{n}" for n in range(3, 6)]
+
+
+def test_rotation_finishes_the_old_file_then_reads_the_new_one(tmp_path: Path, run_source: Start) -> None:
+    path = tmp_path / "alerts.json"
+    path.write_bytes(b"")
+    rec = Recorder(JsonCursorStore(tmp_path / "cursors.json"))
+    run_source(tail(path, rec.store), rec)  # type: ignore[arg-type]
+    append(path, wazuh_line(n=0))
+    rec.wait_for(1)
+    with path.open("ab") as old:
+        path.rename(tmp_path / "alerts.json.1")
+        old.write(wazuh_line(n=1))  # the writer still has the old file open
+        old.flush()
+        path.write_bytes(wazuh_line(n=2))  # then reopens: a new file
+        old.write(wazuh_line(n=3)[:30])  # and a torn last line in the old file
+    rec.wait_for(4)
+    append(path, wazuh_line(n=4))
+    rec.wait_for(5)
+    assert ids(rec) == ["1795334410.0", "1795334410.1", "1795334410.2", "1795334410.4"]
+    assert len(rec.rejected) == 1  # the torn line: refused with a reason, not silently dropped
+
+
+def test_restart_after_rotation_finishes_the_rotated_file_by_inode(tmp_path: Path, run_source: Start) -> None:
+    path = tmp_path / "alerts.json"
+    path.write_bytes(b"")
+    store = JsonCursorStore(tmp_path / "cursors.json")
+    first = Recorder(store)
+    r = run_source(tail(path, store), first)
+    append(path, wazuh_line(n=0))
+    first.wait_for(1)
+    r.stop()
+    append(path, wazuh_line(n=1))  # unread when rotation happens
+    path.rename(tmp_path / "alerts.json.1")
+    path.write_bytes(wazuh_line(n=2))
+    second = Recorder(store)
+    run_source(tail(path, store), second)
+    second.wait_for(2)
+    time.sleep(0.05)
+    assert ids(second) == ["1795334410.1", "1795334410.2"]
+
+
+def test_truncation_restarts_at_zero(tmp_path: Path, run_source: Start) -> None:
+    path = tmp_path / "alerts.json"
+    path.write_bytes(b"")
+    rec = Recorder(JsonCursorStore(tmp_path / "cursors.json"))
+    run_source(tail(path, rec.store), rec)  # type: ignore[arg-type]
+    append(path, wazuh_line(n=0) + wazuh_line(n=1))
+    rec.wait_for(2)
+    with path.open("r+b") as f:  # copytruncate
+        f.truncate(0)
+    time.sleep(0.05)
+    append(path, wazuh_line(n=2))
+    rec.wait_for(3)
+    assert ids(rec)[-1] == "1795334410.2"
+
+
+def test_truncation_while_down_is_detected_on_start(tmp_path: Path, run_source: Start) -> None:
+    path = tmp_path / "alerts.json"
+    path.write_bytes(wazuh_line(n=0) * 3)
+    store = JsonCursorStore(tmp_path / "cursors.json")
+    st = path.stat()
+    store.save(tail(path, store).cursor_store.load("x") or _cursor(path, st.st_size))
+    path.write_bytes(wazuh_line(n=7))  # same inode, shorter than the cursor
+    rec = Recorder(store)
+    run_source(tail(path, store), rec)
+    rec.wait_for(1)
+    assert ids(rec) == ["1795334410.7"]
+
+
+def _cursor(path: Path, offset: int):  # type: ignore[no-untyped-def]
+    from dfir_ar.sources.base import Cursor
+
+    st = path.stat()
+    return Cursor(file_source_name(path), FilePosition(st.st_dev, st.st_ino, offset).encode())
+
+
+def test_first_start_follows_from_the_end_unless_told_otherwise(tmp_path: Path, run_source: Start) -> None:
+    path = tmp_path / "alerts.json"
+    path.write_bytes(wazuh_line(n=0) + wazuh_line(n=1))
+    rec = Recorder()
+    run_source(tail(path, JsonCursorStore(tmp_path / "a.json")), rec)
+    time.sleep(0.05)
+    append(path, wazuh_line(n=2))
+    rec.wait_for(1)
+    time.sleep(0.03)
+    assert ids(rec) == ["1795334410.2"]  # the two lines before the start are history
+    whole = Recorder()
+    run_source(tail(path, JsonCursorStore(tmp_path / "b.json"), start_at="beginning"), whole)
+    whole.wait_for(3)
+    assert ids(whole) == [f"1795334410.{n}" for n in range(3)]
+
+
+def test_waits_for_the_file_and_reads_it_from_the_start(tmp_path: Path, run_source: Start) -> None:
+    path = tmp_path / "later.json"
+    rec = Recorder()
+    run_source(tail(path, JsonCursorStore(tmp_path / "c.json")), rec, wait=False)
+    time.sleep(0.05)
+    path.write_bytes(wazuh_line(n=0))
+    rec.wait_for(1)
+
+
+def test_ossec_alerts_log_with_blocks_split_across_writes(tmp_path: Path, run_source: Start) -> None:
+    path = tmp_path / "alerts.log"
+    path.write_bytes(b"")
+    store = JsonCursorStore(tmp_path / "cursors.json")
+    rec = Recorder(store)
+    r = run_source(tail(path, store), rec)
+    data = (EXAMPLES / "ossec-ssh-bruteforce.log").read_bytes()
+    half = data.index(b"Rule: 5710", data.index(b"** Alert 1795335300"))  # inside the 10th block
+    append(path, data[:half])
+    rec.wait_for(9)
+    time.sleep(0.03)
+    assert len(rec.items) == 9  # the 10th block is incomplete
+    r.stop()
+    append(path, data[half:])
+    again = Recorder(store)
+    run_source(tail(path, store), again)
+    again.wait_for(2)
+    time.sleep(0.03)
+    assert ids(again) == ["1795335300.4339", "1795335305.4710"]  # the 10th block, then the 11th
+    assert all(isinstance(i, Alert) for i in again.items)
+
+
+def test_build_sources_from_config_and_extra_paths(tmp_path: Path) -> None:
+    store = JsonCursorStore(tmp_path / "cursors.json")
+    cfg = make_config(source=[
+        {"type": "file", "path": str(tmp_path / "a.json"), "format": "wazuh", "start_at": "beginning"},
+        {"type": "http", "listen": "127.0.0.1:0", "token": "t" * 32},
+        {"type": "stdin"},
+    ])
+    sources = build_sources(cfg, store, [tmp_path / "b.log"])
+    assert [s.name for s in sources] == [
+        f"file:{tmp_path / 'a.json'}", "http:127.0.0.1:0", "stdin", f"file:{tmp_path / 'b.log'}"
+    ]
+    import pytest
+
+    from dfir_ar.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already followed"):
+        build_sources(cfg, store, [tmp_path / "a.json"])
+    os.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="already followed"):
+        build_sources(make_config(), store, [Path("x.json"), tmp_path / "x.json"])
