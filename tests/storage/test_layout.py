@@ -56,10 +56,12 @@ def test_hostile_agent_id_cannot_escape_its_prefix(agent: str) -> None:
 
 
 def test_part_size_keeps_every_object_within_10000_parts() -> None:
-    assert choose_part_size(100 * MiB, 64 * MiB) == 64 * MiB
+    assert choose_part_size(1024 * MiB, 64 * MiB, workers=8) == 64 * MiB
+    assert choose_part_size(256 * MiB, 64 * MiB, workers=8) == 16 * MiB  # 16 parts for 8 workers
+    assert choose_part_size(20 * MiB, 64 * MiB, workers=8) == 8 * MiB  # not below 8 MiB
     assert choose_part_size(100 * MiB, 1) == 5 * MiB  # S3's minimum
     for size in (5 * 1024**3 + 1, 700 * 1024**3, 5 * 1024**4):
-        part = choose_part_size(size, 64 * MiB)
+        part = choose_part_size(size, 64 * MiB, workers=8)
         assert part % MiB == 0
         assert -(-size // part) <= MAX_PARTS
     with pytest.raises(StoreError, match="object limit"):

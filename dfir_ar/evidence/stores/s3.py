@@ -14,7 +14,8 @@ checks.
 
 Large bundles go up as multipart with ``upload_concurrency`` parts in flight; the part size grows
 past ``part_size_mb`` when needed so no object needs more than 10,000 parts (S3's limit), so
-objects far over 5 GB work. Each finished part is appended to a small JSONL resume file; after a
+objects far over 5 GB work, and shrinks (to 8 MiB at least) so a mid-sized bundle still keeps
+every connection busy. Each finished part is appended to a small JSONL resume file; after a
 crash the upload id and parts are read back, confirmed with ``list_parts`` and only the missing
 parts are sent.
 """
@@ -58,16 +59,21 @@ MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
 MAX_PART = 5 * 1024 * 1024 * 1024
 MAX_OBJECT = 5 * 1024**4
+SMALL_PART = 8 * 1024 * 1024
 MAX_PRESIGN = 7 * 24 * 3600
 """SigV4 presigned URLs are valid for at most seven days."""
 _READ_BLOCK = 1 << 20
 
 
-def choose_part_size(size: int, configured: int) -> int:
-    """At least ``configured`` (and 5 MiB), grown in whole MiB so ``size`` fits 10,000 parts."""
+def choose_part_size(size: int, configured: int, workers: int = 1) -> int:
+    """``configured`` (at least 5 MiB), grown in whole MiB so ``size`` fits 10,000 parts, and
+    shrunk (not below 8 MiB) where the bundle would give fewer than two parts per worker, so
+    every connection is busy on mid-sized bundles."""
     if size > MAX_OBJECT:
         raise StoreError(f"{size} bytes is over S3's object limit of 5 TiB")
     part = max(configured, MIN_PART)
+    spread = math.ceil(size / (2 * max(1, workers)) / (1 << 20)) * (1 << 20)
+    part = max(min(part, spread), min(part, SMALL_PART))
     needed = math.ceil(size / MAX_PARTS)
     if needed > part:
         part = math.ceil(needed / (1 << 20)) * (1 << 20)
@@ -261,7 +267,13 @@ class S3Store(EvidenceStore):
         config = BotoConfig(
             signature_version="s3v4",
             # S3-compatible servers (SeaweedFS, MinIO) serve buckets by path, not by host name.
-            s3={"addressing_style": "path" if ev.endpoint_url else "auto"},
+            s3={
+                "addressing_style": "path" if ev.endpoint_url else "auto",
+                # Every write carries x-amz-checksum-sha256 (a signed header the server checks
+                # against the body), so SigV4 need not hash each body a second time for
+                # x-amz-content-sha256; botocore otherwise does that on http:// endpoints.
+                "payload_signing_enabled": False,
+            },
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
             read_timeout=60,
@@ -541,19 +553,25 @@ class S3Store(EvidenceStore):
         progress: Progress,
         stats: UploadStats,
     ) -> str:
-        part_size = choose_part_size(size, self.evidence.part_size_mb * 1024 * 1024)
+        part_size = choose_part_size(
+            size, self.evidence.part_size_mb * 1024 * 1024, self.evidence.upload_concurrency
+        )
         count = math.ceil(size / part_size)
         stats.parts_total = count
         resume = ResumeLog(resume_state) if resume_state is not None else None
         header, recorded = resume.load() if resume is not None else (None, {})
         done: dict[int, tuple[str, str]] = {}
         upload_id: str | None = None
-        if header is not None and (header.key, header.size, header.sha256, header.part_size) == (
-            key,
-            size,
-            meta.sha256,
-            part_size,
+        if (
+            header is not None
+            and (header.key, header.size, header.sha256) == (key, size, meta.sha256)
+            and MIN_PART <= header.part_size <= MAX_PART
+            and math.ceil(size / header.part_size) <= MAX_PARTS
         ):
+            # The parts already sent fix the part size, even if the config changed since.
+            part_size = header.part_size
+            count = math.ceil(size / part_size)
+            stats.parts_total = count
             on_server = self._list_parts(key, header.upload_id)
             if on_server is not None:
                 upload_id = header.upload_id
