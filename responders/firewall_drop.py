@@ -20,7 +20,9 @@ Config (all optional)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -60,6 +62,76 @@ class BatchResult:
     refused: list[tuple[Request, str]] = field(default_factory=list)
 
 
+class Claims:
+    """Which command holds which address, shared by every FirewallDrop that writes the same
+    kernel sets in this process.
+
+    Two commands may use the firewall-drop plug-in (say "firewall-drop" for an hour and
+    "firewall-drop-long" for a day) and block the same address. The kernel has one element per
+    address, so: the element carries the longest claim's time; undoing one command's block keeps
+    the element while another command still holds it; and a reconcile of one command's ledger
+    entries (the executor reconciles per command) keeps the other commands' blocks.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._by_command: dict[str, dict[IPAddress, float | None]] = {}
+        """command -> address -> monotonic deadline (None: no expiry)."""
+
+    @staticmethod
+    def _later(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else max(a, b)
+
+    def claim(self, command: str, addr: IPAddress, deadline: float | None) -> None:
+        self._by_command.setdefault(command, {})[addr] = deadline
+
+    def replace(self, command: str, held: dict[IPAddress, float | None]) -> None:
+        self._by_command[command] = dict(held)
+
+    def clear(self) -> None:
+        self._by_command.clear()
+
+    def release(self, command: str, addr: IPAddress) -> None:
+        self._by_command.get(command, {}).pop(addr, None)
+
+    def effective(self, addr: IPAddress, now: float) -> tuple[bool, float | None]:
+        """(held by any command, the latest deadline among the holders)."""
+        held = False
+        deadline: float | None = 0.0
+        for claims in self._by_command.values():
+            if addr in claims:
+                d = claims[addr]
+                if d is not None and d <= now:
+                    continue
+                held = True
+                deadline = self._later(deadline, d)
+        return held, deadline
+
+    def union(self, now: float) -> dict[IPAddress, float | None]:
+        out: dict[IPAddress, float | None] = {}
+        for claims in self._by_command.values():
+            for addr, d in claims.items():
+                if d is not None and d <= now:
+                    continue
+                out[addr] = self._later(out[addr], d) if addr in out else d
+        return out
+
+
+_CLAIMS: dict[str, Claims] = {}
+_CLAIMS_LOCK = threading.Lock()
+
+
+def _claims_for(location: str) -> Claims:
+    """The claims of one set of kernel objects: same table/sets AND same network namespace
+    (the namespace of the thread building the responder, which is where it acts)."""
+    try:
+        netns = os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        netns = 0
+    with _CLAIMS_LOCK:
+        return _CLAIMS.setdefault(f"{netns}:{location}", Claims())
+
+
 class FirewallDrop(Responder):
     """Drop all packets from the source address (nftables/ipset sets with kernel timeouts)."""
 
@@ -83,6 +155,7 @@ class FirewallDrop(Responder):
             iptables_chain=opts.iptables_chain,
         )
         self._ready = False
+        self.claims = _claims_for(self.backend.describe())
 
     @classmethod
     def check_compatible(cls) -> None:
@@ -121,6 +194,20 @@ class FirewallDrop(Responder):
             "kernel_expiry": self.backend.kernel_expiry,
         }
 
+    def _deadline(self, timeout: float | None) -> float | None:
+        t = self._timeout(timeout)
+        return None if t is None else self.context.clock.monotonic() + t
+
+    def _blocks(self, addrs: Iterable[IPAddress]) -> list[Block]:
+        """Kernel blocks for ``addrs``, each with the longest time any command holds it."""
+        now = self.context.clock.monotonic()
+        out = []
+        for addr in addrs:
+            held, deadline = self.claims.effective(addr, now)
+            if held:
+                out.append(Block(addr, None if deadline is None else max(deadline - now, 1.0)))
+        return out
+
     # -- the responder contract --------------------------------------------------------------
 
     def key(self, request: Request) -> str:
@@ -133,8 +220,10 @@ class FirewallDrop(Responder):
                 f"firewall-drop: {addr} is protected (white list, own address, loopback or "
                 "gateway); not blocked"
             )
-        self._ensure()
-        self.backend.add([Block(addr, self._timeout(request.timeout))])
+        with self.claims.lock:
+            self._ensure()
+            self.claims.claim(request.command, addr, self._deadline(request.timeout))
+            self.backend.add(self._blocks([addr]))
         self.context.log.info("firewall-drop: blocked %s (%s)", addr, self.backend.name)
         return self._state(addr)
 
@@ -142,43 +231,56 @@ class FirewallDrop(Responder):
         """Block many addresses in one atomic batch (one transaction on nftables, one ``ipset
         restore``). Protected or address-less requests are refused individually."""
         result = BatchResult()
-        blocks: list[Block] = []
-        for request in requests:
-            addr = request.target.srcip
-            if addr is None:
-                result.refused.append((request, "no srcip"))
-            elif self._protected(addr):
-                result.refused.append((request, f"{addr} is protected"))
-            else:
-                blocks.append(Block(addr, self._timeout(request.timeout)))
-                result.added.append((request, self._state(addr)))
-        if blocks:
-            self._ensure()
-            self.backend.add(blocks)
+        addrs: list[IPAddress] = []
+        with self.claims.lock:
+            for request in requests:
+                addr = request.target.srcip
+                if addr is None:
+                    result.refused.append((request, "no srcip"))
+                elif self._protected(addr):
+                    result.refused.append((request, f"{addr} is protected"))
+                else:
+                    self.claims.claim(request.command, addr, self._deadline(request.timeout))
+                    addrs.append(addr)
+                    result.added.append((request, self._state(addr)))
+            if addrs:
+                self._ensure()
+                self.backend.add(self._blocks(dict.fromkeys(addrs)))
         return result
 
     def delete(self, request: Request, state: State) -> None:
         addr = self._addr(request)
-        self._ensure()
-        self.backend.delete([addr])
+        with self.claims.lock:
+            self._ensure()
+            self.claims.release(request.command, addr)
+            still = self._blocks([addr])
+            if still:
+                # Another command still holds this address: keep it, with that command's time.
+                self.backend.add(still)
+                self.context.log.info(
+                    "firewall-drop: %s stays blocked (held by another command)", addr)
+                return
+            self.backend.delete([addr])
         self.context.log.info("firewall-drop: unblocked %s (%s)", addr, self.backend.name)
 
     def refresh(self, request: Request, state: State, timeout: float | None) -> None:
         addr = self._addr(request)
         if self._protected(addr):
             return
-        self._ensure()
-        self.backend.add([Block(addr, self._timeout(timeout))])
+        with self.claims.lock:
+            self._ensure()
+            self.claims.claim(request.command, addr, self._deadline(timeout))
+            self.backend.add(self._blocks([addr]))
 
     def active(self) -> set[str]:
         return {str(a) for a in self.backend.active()}
 
-    def reconcile(self, live: Sequence[LiveEntry]) -> ReconcileReport:
-        """One replace: the structure re-created if purged, and the block sets made exactly the
-        live entries with their remaining time (one transaction on nftables)."""
-        notes: list[str] = []
-        blocks: dict[IPAddress, Block] = {}
+    def _take_live(self, live: Sequence[LiveEntry], notes: list[str]) -> None:
+        """Make the claims of every command in ``live`` exactly its live entries."""
+        now = self.context.clock.monotonic()
+        held: dict[str, dict[IPAddress, float | None]] = {}
         for entry in live:
+            held.setdefault(entry.request.command, {})
             addr = entry.request.target.srcip
             if addr is None:
                 notes.append(f"firewall-drop: ledger entry {entry.request.order_id} has no srcip")
@@ -188,30 +290,56 @@ class FirewallDrop(Responder):
                 continue
             if entry.remaining is not None and entry.remaining <= 0:
                 continue  # expired while we were down; the ledger runs its undo
-            blocks[addr] = Block(addr, self._timeout(entry.remaining))
+            remaining = self._timeout(entry.remaining)
+            held[entry.request.command][addr] = None if remaining is None else now + remaining
+        for command, addrs in held.items():
+            self.claims.replace(command, addrs)
+
+    def _replace_from_claims(self) -> tuple[int, int]:
+        now = self.context.clock.monotonic()
+        union = self.claims.union(now)
+        blocks = [
+            Block(a, None if d is None else max(d - now, 1.0)) for a, d in union.items()
+        ]
         present = set(self.backend.active())
-        self.backend.replace_all(list(blocks.values()))
+        self.backend.replace_all(blocks)
         self._ready = True
-        readded = len(set(blocks) - present)
-        orphans = len(present - set(blocks))
+        return len(set(union) - present), len(present - set(union))
+
+    def reconcile(self, live: Sequence[LiveEntry]) -> ReconcileReport:
+        """One replace: the structure re-created if purged, and the block sets made exactly the
+        live entries with their remaining time (one transaction on nftables). Blocks that other
+        commands sharing these sets hold in this process are kept."""
+        notes: list[str] = []
+        with self.claims.lock:
+            self._take_live(live, notes)
+            readded, orphans = self._replace_from_claims()
         if orphans:
             notes.append(f"firewall-drop: removed {orphans} block(s) the ledger does not know")
         return ReconcileReport(readded=readded, removed_orphans=orphans, notes=tuple(notes))
 
     def check_and_repair(self, live: Sequence[LiveEntry]) -> bool:
         """For the engine's periodic tick: if someone purged our table/sets/chains (e.g.
-        ``nft flush ruleset`` by a config-management run), rebuild them and re-add ``live``.
-        Returns True when a repair was needed. Cheap when intact (no element listing)."""
+        ``nft flush ruleset`` by a config-management run), rebuild them and re-add every block
+        held (``live`` plus what other commands on these sets hold). Returns True when a repair
+        was needed. Cheap when intact (no element listing)."""
         if self.backend.intact():
             return False
         self.context.log.warning(
-            "firewall-drop: %s was removed by someone else; restoring it with %d block(s)",
-            self.backend.describe(), len(live),
+            "firewall-drop: %s was removed by someone else; restoring it",
+            self.backend.describe(),
         )
-        self.reconcile(live)
+        notes: list[str] = []
+        with self.claims.lock:
+            self._take_live(live, notes)
+            self._replace_from_claims()
+        for note in notes:
+            self.context.log.info("%s", note)
         return True
 
     def teardown(self) -> None:
         """Remove everything firewall-drop put in the kernel (uninstall; tests)."""
-        self.backend.remove()
-        self._ready = False
+        with self.claims.lock:
+            self.backend.remove()
+            self.claims.clear()
+            self._ready = False

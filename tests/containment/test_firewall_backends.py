@@ -127,3 +127,34 @@ def test_reconcile_leaves_exactly_the_live_entries(
         assert agent(fw.active) == want
     finally:
         agent(fw.teardown)
+
+
+@pytest.mark.root
+def test_two_commands_share_an_address_without_undoing_each_other(
+    pair: NetPair, agent: InNetns, tmp_path: Path
+) -> None:
+    """"firewall-drop" (short) and "firewall-drop-day" (long) both block the attacker: the
+    kernel element carries the longer time, the short one's undo keeps the block, and a
+    reconcile of one command's ledger entries keeps the other's."""
+    require_tool("nft")
+    ctx = context(tmp_path, protected(pair), backend="nftables")
+    short_fw = agent(FirewallDrop, ctx)
+    day_fw = agent(FirewallDrop, ctx)
+    try:
+        short_req = req(pair.a4, timeout=30, command="firewall-drop")
+        day_req = req(pair.a4, timeout=86_400, command="firewall-drop-day")
+        agent(day_fw.add, day_req)
+        agent(short_fw.add, short_req)
+        left = agent(short_fw.backend.active)[parse_ip(pair.a4)]
+        assert left is not None and left > 80_000, "the longer claim sets the kernel timeout"
+
+        agent(short_fw.reconcile, [LiveEntry(request=short_req, state={}, remaining=20.0)])
+        assert agent(short_fw.active) == {pair.a4}
+        agent(short_fw.delete, short_req, {})
+        assert agent(short_fw.active) == {pair.a4}, "the day-long block is still held"
+        assert not pair.ping_ok(pair.b4)
+        agent(day_fw.delete, day_req, {})
+        assert agent(day_fw.active) == set()
+        assert pair.ping_ok(pair.b4)
+    finally:
+        agent(short_fw.teardown)

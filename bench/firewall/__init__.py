@@ -1,0 +1,1 @@
+"""firewall-drop benchmark (see run.py)."""
