@@ -7,7 +7,7 @@ plug-in, e.g. ``dfir-ar-firewall-drop``), it reads execd's JSON message on stdin
 it. stdout carries only protocol messages; people read stderr and ``active-responses.log``.
 
 Which plug-in: ``--plugin NAME``, else ``--plugin NAME`` in the command's ``extra_args``, else the
-name this program was invoked as (``dfir-ar-NAME`` or ``NAME``).
+name this program was invoked as (``dfir-ar-NAME`` or ``NAME``; ``dfir-ar-wazuh-ar`` names none).
 
 Better than a stock Wazuh script: every alert field is parsed (srcip with the standard library,
 the user name strictly) and a wrong one refuses the run; the white list, loopback, the host's own
@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dfir_ar.wazuh_ar")
 
 LINK_PREFIX = "dfir-ar-"
+GENERIC_LINK = "dfir-ar-wazuh-ar"
+"""A link with this name runs the plug-in named by ``--plugin NAME`` in extra_args."""
 DEFAULT_WAZUH_LOGS = Path("/var/ossec/logs")
 STATE_SUBDIR = "wazuh-ar"
 _NOT_LINKS = frozenset({"dfir-ar", "dfir_ar", "__main__.py", "main.py", "wazuh_ar.py"})
@@ -64,7 +66,7 @@ _NOT_LINKS = frozenset({"dfir-ar", "dfir_ar", "__main__.py", "main.py", "wazuh_a
 def plugin_from_name(name: str) -> str | None:
     """The plug-in a program name stands for (``dfir-ar-firewall-drop`` -> ``firewall-drop``)."""
     base = os.path.basename(name)
-    if base in _NOT_LINKS or base.startswith("python") or base.startswith("pytest"):
+    if base == GENERIC_LINK or base in _NOT_LINKS or base.startswith("python") or base.startswith("pytest"):
         return None
     if base.startswith(LINK_PREFIX) and len(base) > len(LINK_PREFIX):
         return base[len(LINK_PREFIX) :]
@@ -81,11 +83,12 @@ def link_main(argv: Sequence[str]) -> None:
     named after a plug-in, run as ``dfir-ar wazuh-ar --plugin NAME`` and exit; else return."""
     if not argv:
         return
-    plugin = plugin_from_name(argv[0])
-    if plugin is None:
+    base = os.path.basename(argv[0])
+    if base != GENERIC_LINK and plugin_from_name(argv[0]) is None:
         return
+    # The name is only the default: --plugin in extra_args still wins (see run_wazuh_ar).
     wazuh_ar.main(
-        args=["--plugin", plugin, "--invoked-as", argv[0], *argv[1:]],
+        args=["--invoked-as", argv[0], *argv[1:]],
         prog_name=os.path.basename(argv[0]),
         standalone_mode=True,
     )
@@ -281,7 +284,8 @@ class Run:
     message: wazuh_protocol.Message
     extra_args: list[str]
     logs: Logs
-    stdin_fd: int
+    reader: wazuh_protocol.FdLineReader
+    """stdin; one reader for the whole run, so a line already buffered is never lost."""
     stdout: IO[bytes]
     handshake_timeout: float
     foreground: bool
@@ -368,7 +372,8 @@ def _respond(run: Run) -> str:
     request, _ = _request(run, [str(a) for a in cls.expects])
     nets = protected_networks(run.config)
     ip = request.target.srcip
-    if ip is not None and "srcip" in cls.expects:
+    # Only an add is refused: an undo must still run if the white list grew after the add.
+    if ip is not None and "srcip" in cls.expects and run.message.command == "add":
         covering = WhiteList(nets).covering(ip)
         if covering is not None:
             raise Refused(f"{ip} is white-listed or protected ({covering}); nothing done")
@@ -397,9 +402,8 @@ def _respond(run: Run) -> str:
     check = wazuh_protocol.check_keys_message(run.logs.program, [key])
     run.send(check)
     run.logs.write(wazuh_protocol.encode(check).decode("utf-8").strip())
-    reader = wazuh_protocol.FdLineReader(run.stdin_fd)
     try:
-        line = reader.readline(time.monotonic() + run.handshake_timeout, "check_keys answer from execd")
+        line = run.reader.readline(time.monotonic() + run.handshake_timeout, "check_keys answer from execd")
     except DeadlineExceeded:
         raise DeadlineExceeded(
             f"execd did not answer check_keys within {run.handshake_timeout:g}s; nothing done"
@@ -661,7 +665,7 @@ def run_wazuh_ar(
             message=message,
             extra_args=rest,
             logs=logs,
-            stdin_fd=stdin_fd,
+            reader=reader,
             stdout=stdout or sys.stdout.buffer,
             handshake_timeout=handshake_timeout,
             foreground=foreground,

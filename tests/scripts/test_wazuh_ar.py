@@ -233,6 +233,27 @@ def test_abort_leaves_everything_as_is(wazuh: WazuhHome, execd_env: dict[str, st
     assert not state_path(wazuh.state, "host-deny", ATTACKER).exists()
 
 
+def test_message_and_answer_arriving_together(wazuh: WazuhHome, execd_env: dict[str, str]) -> None:
+    """Both lines in one write (a here-document by hand): the answer must not be lost."""
+    check = {
+        "version": 1,
+        "origin": {"name": "dfir-ar-host-deny", "module": "active-response"},
+        "command": "continue",
+        "parameters": {"keys": [ATTACKER]},
+    }
+    done = subprocess.run(
+        [DFIR_AR, "wazuh-ar", "--plugin", "host-deny", "--handshake-timeout", "5"],
+        input=(json.dumps(message()) + "\n" + json.dumps(check) + "\n").encode(),
+        capture_output=True,
+        env=execd_env,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["command"] == "check_keys"
+    assert wazuh.deny_lines() == [f"ALL: {ATTACKER}"]
+
+
 def test_no_answer_to_check_keys_does_nothing(wazuh: WazuhHome, execd_env: dict[str, str]) -> None:
     argv = [DFIR_AR, "wazuh-ar", "--plugin", "host-deny", "--handshake-timeout", "1"]
     execd = Execd(argv, wazuh.home, execd_env)
@@ -268,6 +289,20 @@ def test_bad_or_protected_srcip_refused_before_any_handshake(
     assert wazuh.deny_lines() == []
     audit = read_audit(wazuh.audit_dir / "audit.jsonl")
     assert audit[-1]["outcome"] == "refused"
+
+
+def test_delete_runs_even_if_the_address_was_white_listed_after_the_add(
+    wazuh: WazuhHome, execd_env: dict[str, str]
+) -> None:
+    argv = [DFIR_AR, "wazuh-ar", "--plugin", "host-deny"]
+    assert run_once(wazuh, execd_env, argv, message(), "continue")[0] == 0
+    assert wazuh.deny_lines() == [f"ALL: {ATTACKER}"]
+    text = wazuh.config.read_text().replace('"198.51.100.10"', f'"198.51.100.10", "{ATTACKER}"')
+    wazuh.config.write_text(text)
+    assert run_once(wazuh, execd_env, argv, message(), None)[0] == 3  # a new add: refused
+    code, _, err = run_once(wazuh, execd_env, argv, message("delete"), None)
+    assert code == 0, err
+    assert wazuh.deny_lines() == []
 
 
 def test_plugin_named_in_extra_args_and_unknown_plugin(wazuh: WazuhHome, execd_env: dict[str, str]) -> None:
@@ -395,6 +430,28 @@ def test_plugin_from_invocation_name() -> None:
     assert plugin_from_name("/usr/local/bin/dfir-ar") is None
     assert plugin_from_name("/usr/bin/python3") is None
     assert plugin_from_name("firewall-drop.sh") is None
+    assert plugin_from_name("/var/ossec/active-response/bin/dfir-ar-wazuh-ar") is None
+
+
+def test_generic_link_takes_the_plugin_from_extra_args(wazuh: WazuhHome, execd_env: dict[str, str]) -> None:
+    wazuh.link("dfir-ar-wazuh-ar")
+    # disable-account would refuse this alert (no data.dstuser): a safe way to see which ran.
+    wazuh.link("dfir-ar-disable-account")
+    msg = message(extra_args=["--plugin", "host-deny"])
+    for link in ("dfir-ar-wazuh-ar", "dfir-ar-disable-account"):  # extra_args beat the name
+        code, seen, err = run_once(wazuh, execd_env, [f"active-response/bin/{link}"], msg, "continue")
+        assert code == 0, err
+        assert seen[0]["parameters"]["keys"] == [ATTACKER]
+        assert wazuh.deny_lines() == [f"ALL: {ATTACKER}"]
+        code, _, err = run_once(
+            wazuh,
+            execd_env,
+            [f"active-response/bin/{link}"],
+            message("delete", extra_args=["--plugin", "host-deny"]),
+            None,
+        )
+        assert code == 0, err
+        assert wazuh.deny_lines() == []
 
 
 def test_split_plugin_arg() -> None:
