@@ -401,3 +401,36 @@ def test_map_ranges_reports_ram_no_segment_covers() -> None:
     pieces, missing = lime.map_ranges(ram, loads)
     assert pieces == [lime.Piece(0x1000, 0x3000, 0x100), lime.Piece(0x4000, 0x5000, 0x9000)]
     assert missing == [lime.PhysRange(0x3000, 0x4000), lime.PhysRange(0x8000, 0x9000)]
+
+
+def test_bundle_byte_cap_plans_a_smaller_core(
+    tmp_path: Path, bundle_writer: Callable[..., BundleWriter], child: Child
+) -> None:
+    require_root()
+    proc, _, _ = child
+    writer = bundle_writer("memory", max_bytes=1 << 20)
+    outcome = collector(tmp_path).collect(make_job(["--pid", str(proc.pid)]), writer)
+    result, report = seal(writer, outcome)
+    assert report.ok, report.problems
+    assert outcome.status is Status.PARTIAL and "size cap" in outcome.reason
+    core = unpack(result.path, f"{proc.pid}.core.zst", tmp_path)
+    assert core.stat().st_size <= 1 << 20
+
+
+def test_compressing_writer_surfaces_the_sink_cap(
+    bundle_writer: Callable[..., BundleWriter]
+) -> None:
+    from collectors.memory import _Zstd
+    from dfir_ar.collector import ByteCapReached
+
+    writer = bundle_writer("memory", max_bytes=256 * 1024)
+    with writer.artifact("x.zst", "application/zstd") as art:
+        z = _Zstd(art, 1, 0)
+        with pytest.raises(ByteCapReached):
+            for _ in range(64):  # incompressible: the cap is crossed after ~2 chunks
+                z.write(memoryview(os.urandom(128 * 1024)))
+        with pytest.raises(ByteCapReached):
+            z.close()  # the frame cannot be finished: said again, not swallowed
+        z.close()  # and then idempotent; the writer thread is gone
+        assert not z._thread.is_alive()
+    assert writer.bytes_written <= 256 * 1024
