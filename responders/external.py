@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import select
 import socket
@@ -226,6 +227,15 @@ def _handle_line(
         if stripped and len(run.output) < MAX_STDOUT_LINES:
             run.output.append(stripped.decode("utf-8", "replace")[:1000])
         return None
+    try:
+        looks_like = json.loads(stripped)
+    except ValueError:
+        looks_like = None
+    if not isinstance(looks_like, dict) or looks_like.get("command") != "check_keys":
+        if len(run.output) < MAX_STDOUT_LINES:
+            run.output.append(stripped.decode("utf-8", "replace")[:1000])
+        return None
+    # A check_keys we cannot answer meaningfully (bad keys) fails the run instead of hanging it.
     msg = wazuh_protocol.parse_message(stripped)
     if msg.command != "check_keys":
         if len(run.output) < MAX_STDOUT_LINES:
@@ -415,7 +425,8 @@ class ExternalScript(Responder):
             key_active=self.key_active,
             cwd=self.cwd,
         )
-        if run.returncode != 0:
+        # After "abort" the exit status is the script's own business (Wazuh's exit 0).
+        if run.returncode != 0 and not run.aborted:
             raise ExecutionError(
                 f"{self.command.name}: {self.script.name} {message.command} exited with status "
                 f"{run.returncode}: {run.stderr or 'no stderr'}"

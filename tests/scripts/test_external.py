@@ -218,6 +218,40 @@ def test_wazuh_check_keys_abort_raises_already_active(
     assert not (log_dir / "done.add").exists()
 
 
+def test_abort_with_nonzero_exit_is_still_already_active(
+    write_script: ScriptWriter, ar_dir: Path, tmp_path: Path
+) -> None:
+    write_script(
+        "strict",
+        "#!/bin/sh\nread -r LINE\n"
+        'echo \'{"version":1,"command":"check_keys","parameters":{"keys":["k"]}}\'\n'
+        "read -r ANSWER\nexit 1\n",
+    )
+    responder = make_responder(ar_dir, tmp_path, "strict", key_active=lambda k: True)
+    with pytest.raises(AlreadyActive):
+        responder.add(request_for())
+
+
+def test_brace_chatter_is_output_but_a_bad_check_keys_fails_fast(
+    write_script: ScriptWriter, ar_dir: Path, tmp_path: Path
+) -> None:
+    write_script("chatty", "#!/bin/sh\nread -r LINE\necho '{not json'\necho '{\"a\":1}'\nexit 0\n")
+    responder = make_responder(ar_dir, tmp_path, "chatty")
+    assert responder.add(request_for())["keys"] == []
+    write_script(
+        "badkeys",
+        "#!/usr/bin/python3\nimport json, sys, time\nsys.stdin.readline()\n"
+        'keys = [f"k{i}" for i in range(40)]\n'
+        'print(json.dumps({"version": 1, "command": "check_keys", "parameters": {"keys": keys}}),'
+        " flush=True)\nsys.stdin.readline()\ntime.sleep(30)\n",
+    )
+    responder = make_responder(ar_dir, tmp_path, "badkeys", deadline=20)
+    start = time.monotonic()
+    with pytest.raises(InvalidArgument, match="at most 16"):
+        responder.add(request_for())
+    assert time.monotonic() - start < 5
+
+
 def test_wazuh_shell_script_keys_joined_like_execd(
     write_script: ScriptWriter, ar_dir: Path, log_dir: Path, tmp_path: Path
 ) -> None:
