@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import queue
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -137,6 +138,25 @@ class _Zstd:
             self._thread.join()
         if self._error is not None:
             raise self._error
+
+
+def _disk_precheck(sink: ArtifactSink, raw_size: int) -> str:
+    """A warning when the uncompressed dump would not fit the spool's free disk.
+
+    Only a warning: the dump is compressed (often 3x or more) and the sink stops it cleanly at
+    its free-disk floor anyway; this tells the analyst why a dump may end early.
+    """
+    where = getattr(sink, "staging_dir", None)
+    if not isinstance(where, Path):
+        return ""
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return ""
+    if raw_size <= free:
+        return ""
+    return (f"uncompressed dump ({raw_size // MiB} MiB) exceeds free spool disk "
+            f"({free // MiB} MiB); it fits only if it compresses well")
 
 
 class MemorySettings(BaseModel):
@@ -331,6 +351,9 @@ class Memory(Collector):
                 "memory: pid %d needs %d MiB, cap allows %d MiB; anonymous memory kept first",
                 pid, full.size // MiB, cap // MiB,
             )
+        disk_note = _disk_precheck(sink, layout.size)
+        if disk_note:
+            self.context.log.warning("memory: pid %d: %s", pid, disk_note)
         stopped = ""
         report: elfcore.DumpReport | None = None
 
@@ -392,6 +415,7 @@ class Memory(Collector):
             "omitted_maps": len(omitted),
             "omitted_by_cap": sum(1 for o in omitted if o["reason"] == "size cap"),
             "unreadable_ranges": len(meta["unreadable"]),
+            **({"disk_warning": disk_note} if disk_note else {}),
         }
 
     def _physical(

@@ -264,3 +264,34 @@ def test_nothing_to_scan_and_bad_options_are_clear(tmp_path: Path, rules_dir: Pa
         scan.collect(make_job(["--pid", "12; rm -rf /"]), bundle_writer("yara3"))
     with pytest.raises(InvalidArgument, match="absolute"):
         scan.collect(make_job(["--path", "relative/dir"]), bundle_writer("yara4"))
+
+
+def test_missing_path_is_counted_and_recorded(
+    tmp_path: Path, rules_dir: Path, tree: Path, bundle_writer: Callable[..., BundleWriter]
+) -> None:
+    scan = scanner(tmp_path, rules_dir)
+    writer = bundle_writer("yara")
+    gone = tmp_path / "no-such-dir"
+    outcome = scan.collect(
+        make_job(["--path", str(gone), "--path", str(tree / "a" / "b"), "--memory", "none"]), writer
+    )
+    result, report = seal(writer, outcome)
+    assert report.ok, report.problems
+    assert outcome.status is Status.OK
+    assert outcome.details["unreadable"] == 1 and outcome.details["files_matched"] == 1
+    problems = jsonl(read_members(result.path), "problems.jsonl")
+    assert problems == [{"path": str(gone), "error": "No such file or directory"}]
+
+
+def test_memory_all_selects_user_processes_only(
+    tmp_path: Path, rules_dir: Path, marked_child: subprocess.Popen[bytes]
+) -> None:
+    require_root()
+    scan = scanner(tmp_path, rules_dir)
+    pids = scan.select_pids("all", [], make_job([]))
+    assert marked_child.pid in pids
+    assert os.getpid() not in pids  # never itself (libyara would attach to its own threads)
+    assert 2 not in pids  # kthreadd: a kernel thread has no user memory
+    job = make_job([])
+    assert scan.select_pids("auto", [], job) == []
+    assert scan.select_pids("auto", [marked_child.pid], job) == [marked_child.pid]
