@@ -65,6 +65,8 @@ class ShadowEntry:
     password_locked: bool
     expire: int | None
     """Days since the epoch, or None for "never"."""
+    password_empty: bool = False
+    """No password at all (``passwd -d``): ``usermod -U`` refuses to restore that, ``-p ''`` does."""
 
 
 def parse_shadow(text: str) -> Iterator[ShadowEntry]:
@@ -78,6 +80,7 @@ def parse_shadow(text: str) -> Iterator[ShadowEntry]:
             name=fields[0],
             # usermod -L / passwd -l prefix '!'; a bare '!' or '!*' is locked too.
             password_locked=fields[1].startswith("!"),
+            password_empty=fields[1] == "",
             expire=int(expire) if expire.lstrip("-").isdigit() and int(expire) >= 0 else None,
         )
 
@@ -251,6 +254,7 @@ class DisableAccount(Responder):
             "uid": account.pw_uid,
             "previous_expire": before.expire,
             "previous_locked": before.password_locked,
+            "previous_password_empty": before.password_empty,
             "sessions_terminated": False,
             "killed": 0,
         }
@@ -303,7 +307,11 @@ class DisableAccount(Responder):
                 "disable-account: %s expiry was changed since it was disabled; left as is", name
             )
         if not state["previous_locked"] and now.password_locked:
-            _usermod("-U", name)
+            if state.get("previous_password_empty"):
+                # usermod -U will not produce a passwordless account; put the empty field back.
+                _usermod("-p", "", name)
+            else:
+                _usermod("-U", name)
         self.context.log.info("disable-account: %s restored", name)
 
     def active(self) -> set[str] | None:

@@ -65,6 +65,17 @@ def test_previous_lock_and_expiry_restored_exactly(test_user: TestUser) -> None:
     assert not pam(test_user.name, "authenticate", test_user.password)
 
 
+def test_passwordless_account_restored_exactly(test_user: TestUser) -> None:
+    subprocess.run(["passwd", "--delete", test_user.name], check=True, capture_output=True)
+    before = shadow_line(test_user.name)
+    assert before.split(":")[1] == ""
+    disable = responder()
+    state = disable.add(request(test_user.name))
+    assert shadow_line(test_user.name).split(":")[1].startswith("!")
+    disable.delete(request(test_user.name), roundtrip(state))
+    assert shadow_line(test_user.name) == before
+
+
 def test_live_process_of_the_user_is_killed(test_user: TestUser) -> None:
     victim = subprocess.Popen(
         ["sleep", "120"], user=test_user.uid, group=test_user.gid, start_new_session=True
