@@ -36,7 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from collectors.memory import parse_pids, pids_talking_to
 from dfir_ar.collector import (
@@ -50,7 +58,7 @@ from dfir_ar.collector import (
     Outcome,
     Status,
 )
-from dfir_ar.errors import InvalidArgument, PluginUnavailable
+from dfir_ar.errors import ConfigError, InvalidArgument, PluginUnavailable
 from dfir_ar.responder import Arg
 
 MiB = 1024 * 1024
@@ -154,7 +162,7 @@ def _save(rules: Any, path: Path) -> None:
 class YaraSettings(BaseModel):
     """``[collectors.yara]``; validating it compiles the rules (errors name file and line)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     rules: tuple[Path, ...] = Field(min_length=1)
     """Rule files or directories (searched for *.yar, *.yara), absolute paths."""
     paths: tuple[Path, ...] = ()
@@ -162,9 +170,11 @@ class YaraSettings(BaseModel):
     exclude: tuple[str, ...] = ()
     """Globs matched against full paths and base names; a matching directory is not entered."""
     max_file_mb: int = Field(default=64, ge=1)
+    """Files larger than this are skipped (counted as skipped_large)."""
     per_file_timeout: int = Field(default=60, ge=1)
     """Seconds libyara may spend on one file or one process."""
     threads: int = Field(default=2, ge=1, le=32)
+    """Scanning threads (libyara releases the GIL; one per core is the sweet spot)."""
     one_file_system: bool = True
     """Do not descend into other mounts (/proc, network shares) below a scanned directory."""
     cache_dir: Path | None = None
@@ -386,9 +396,19 @@ class YaraScan(Collector):
         # Not super().__init__: the settings are validated with the disk cache location, so a
         # fresh process loads compiled rules instead of compiling them again.
         self.context = context
-        self.settings = YaraSettings.model_validate(
-            dict(context.settings), context={"cache_dir": context.state_dir / "yara-cache"}
-        )
+        try:
+            self.settings = YaraSettings.model_validate(
+                dict(context.settings), context={"cache_dir": context.state_dir / "yara-cache"}
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in e['loc']) or 'rules'}: "
+                f"{e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise ConfigError(
+                f"[collectors.yara]: {problems} (set rules = [\"/path/to/rules\"] in the config)"
+            ) from None
 
     @classmethod
     def check_compatible(cls) -> None:

@@ -147,6 +147,11 @@ def test_invalid_rule_is_a_config_error_naming_file_and_line(tmp_path: Path, rul
     assert "[collectors.yara]" in msg and f"{bad}(6)" in msg and "syntax error" in msg
 
 
+def test_missing_rules_table_is_a_clear_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[collectors.yara\]: rules: Field required"):
+        YaraScan(CollectorContext(state_dir=tmp_path, settings={}))
+
+
 def test_missing_and_relative_rule_paths_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="does not exist"):
         YaraSettings.model_validate({"rules": [str(tmp_path / "nope.yar")]})
