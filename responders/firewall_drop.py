@@ -46,12 +46,26 @@ class FirewallDropOptions(BaseModel):
     """The ``[responders.firewall-drop]`` table."""
 
     model_config = ConfigDict(extra="forbid")
-    backend: BackendName = "auto"
-    table: str = "dfir_ar"
-    priority: int = Field(default=-10, ge=-400, le=400)
-    set_prefix: str = "dfir_ar"
-    ipset_chain: str = "DFIR_AR_SET"
-    iptables_chain: str = "DFIR_AR"
+    backend: BackendName = Field(
+        default="auto",
+        description="auto | nftables | ipset | iptables; auto takes the first that works here "
+        "(nftables, then ipset, then iptables)",
+    )
+    table: str = Field(default="dfir_ar", description="nftables table (family inet) dfir-ar owns")
+    priority: int = Field(
+        default=-10, ge=-400, le=400,
+        description="hook priority of the nftables input/forward chains (before filter = 0)",
+    )
+    set_prefix: str = Field(
+        default="dfir_ar",
+        description="ipset names: <prefix>4, <prefix>6, <prefix>_allow4, <prefix>_allow6",
+    )
+    ipset_chain: str = Field(default="DFIR_AR_SET",
+                             description="iptables chain of the ipset backend")
+    iptables_chain: str = Field(
+        default="DFIR_AR",
+        description="iptables chain of the plain iptables backend (no kernel expiry)",
+    )
 
 
 @dataclass

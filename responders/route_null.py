@@ -38,8 +38,11 @@ class RouteNullOptions(BaseModel):
     """The ``[responders.route-null]`` table."""
 
     model_config = ConfigDict(extra="forbid")
-    protocol: int = Field(default=250, ge=5, le=254)
-    """Route protocol number that marks dfir-ar's routes (0-4 belong to the kernel)."""
+    protocol: int = Field(
+        default=250, ge=5, le=254,
+        description="route protocol number that marks dfir-ar's blackhole routes "
+        "(`ip route show proto 250`); 0-4 belong to the kernel",
+    )
 
 
 class RouteNull(Responder):
