@@ -28,7 +28,7 @@ import errno
 import os
 import platform
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dfir_ar.errors import ExecutionError
@@ -50,10 +50,12 @@ _PHDR = struct.Struct("<IIQQQQQQ")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _NOTE_HDR = struct.Struct("<III")
 
-# e_machine and sizeof(elf_gregset_t) per architecture (prstatus layout is otherwise shared).
-_MACHINES: dict[str, tuple[int, int]] = {
-    "x86_64": (62, 27 * 8),
-    "aarch64": (183, 34 * 8),
+# e_machine, sizeof(elf_gregset_t), and the sp / pc slots in it, per architecture (the rest of
+# the prstatus layout is shared). x86_64 user_regs_struct: rip is #16, rsp #19; aarch64: sp #31,
+# pc #32.
+_MACHINES: dict[str, tuple[int, int, int, int]] = {
+    "x86_64": (62, 27 * 8, 19, 16),
+    "aarch64": (183, 34 * 8, 31, 32),
 }
 
 _SPECIAL = frozenset({"[vvar]", "[vvar_vclock]", "[vsyscall]"})
@@ -161,6 +163,11 @@ class ProcessInfo:
     argv: tuple[str, ...] = ()
     auxv: bytes = b""
     nice: int = 0
+    threads: tuple[int, ...] = ()
+    """Thread ids (/proc/PID/task); each gets an NT_PRSTATUS so gdb lists every thread."""
+    sp_pc: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    """Stack pointer and program counter of each thread blocked in a system call, from
+    /proc/PID/task/TID/syscall (no ptrace needed): enough for gdb to start a backtrace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,11 +206,17 @@ def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
     )
 
 
-def _prstatus(info: ProcessInfo, gregset: int) -> bytes:
+def _prstatus(info: ProcessInfo, arch: tuple[int, int, int, int], tid: int) -> bytes:
     # struct elf_prstatus: siginfo(12) cursig(2)+pad, sigpend, sighold, pid, ppid, pgrp, sid,
     # 4 timevals, pr_reg, pr_fpvalid; total rounded to 8.
-    head = struct.pack("<iiih2xQQiiii", 0, 0, 0, 0, 0, 0, info.pid, info.ppid, info.pgrp, info.sid)
-    body = head + bytes(4 * 16) + bytes(gregset) + struct.pack("<i", 0)
+    _, gregset, sp_slot, pc_slot = arch
+    head = struct.pack("<iiih2xQQiiii", 0, 0, 0, 0, 0, 0, tid, info.ppid, info.pgrp, info.sid)
+    regs = bytearray(gregset)
+    if tid in info.sp_pc:
+        sp, pc = info.sp_pc[tid]
+        struct.pack_into("<Q", regs, sp_slot * 8, sp)
+        struct.pack_into("<Q", regs, pc_slot * 8, pc)
+    body = head + bytes(4 * 16) + bytes(regs) + struct.pack("<i", 0)
     return body.ljust(_align(len(body), 8), b"\0")
 
 
@@ -251,10 +264,13 @@ def plan_core(
     arch = machine or platform.machine()
     if arch not in _MACHINES:
         raise ExecutionError(f"ELF core dumps are not implemented for {arch} (x86_64, aarch64)")
-    e_machine, gregset = _MACHINES[arch]
+    machine_info = _MACHINES[arch]
+    e_machine = machine_info[0]
+    # The main thread's NT_PRSTATUS comes first (gdb takes it as the current thread).
+    tids = [info.pid, *(t for t in info.threads if t != info.pid)]
     notes = b"".join(
         (
-            _note(b"CORE", NT_PRSTATUS, _prstatus(info, gregset)),
+            *(_note(b"CORE", NT_PRSTATUS, _prstatus(info, machine_info, tid)) for tid in tids),
             _note(b"CORE", NT_PRPSINFO, _prpsinfo(info)),
             *((_note(b"CORE", NT_AUXV, info.auxv),) if info.auxv else ()),
             _note(b"CORE", NT_FILE, _nt_file(maps, page_size)),
@@ -329,6 +345,11 @@ def read_process_info(pid: int) -> ProcessInfo:
                 auxv = f.read()
         except OSError:
             auxv = b""
+        try:
+            threads = tuple(sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if t.isdigit()))
+        except OSError:
+            threads = ()
+        sp_pc = {tid: regs for tid in threads if (regs := _blocked_sp_pc(pid, tid)) is not None}
     except FileNotFoundError:
         raise ProcessLookupError(pid) from None
     # comm may contain ')' and spaces: the fields after it start at the LAST ')'.
@@ -345,7 +366,25 @@ def read_process_info(pid: int) -> ProcessInfo:
         argv=argv,
         auxv=auxv,
         nice=int(rest[16]),
+        threads=threads,
+        sp_pc=sp_pc,
     )
+
+
+def _blocked_sp_pc(pid: int, tid: int) -> tuple[int, int] | None:
+    """(sp, pc) from /proc/PID/task/TID/syscall: "nr args*6 sp pc" while in a system call,
+    "running" or "-1 sp pc" otherwise (the latter is still a valid user sp/pc)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall", "rb") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    if len(fields) < 3 or fields[0] == b"running":
+        return None
+    try:
+        return int(fields[-2], 16), int(fields[-1], 16)
+    except ValueError:
+        return None
 
 
 def read_maps(pid: int) -> list[MemoryMap]:

@@ -139,11 +139,15 @@ def test_process_dump_opens_in_readelf_and_gdb(
 
     if os.path.exists("/usr/bin/gdb"):
         g = subprocess.run(
-            ["gdb", "-batch", "-nx", "-ex", "info files", "-ex", f"x/s {addr}", "-c", str(core)],
+            ["gdb", "-batch", "-nx", "-ex", "info files", "-ex", f"x/s {addr}", "-ex", "info threads",
+             "-c", str(core)],
             capture_output=True, text=True, timeout=60, check=False,
         )
         assert "Local core dump file" in g.stdout, g.stdout + g.stderr
         assert marker.decode() in g.stdout, g.stdout + g.stderr
+        # The child sleeps in a system call, so its pc/sp come from /proc/PID/task/TID/syscall.
+        (thread,) = re.findall(rf"^\*\s+\d+\s+LWP {proc.pid}\s.*$", g.stdout, re.M)
+        assert "0x0000000000000000 in" not in thread, g.stdout
 
 
 def test_size_cap_keeps_a_wellformed_core_and_is_partial(
