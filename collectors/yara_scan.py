@@ -465,6 +465,13 @@ class YaraScan(Collector):
             if not os.path.isabs(r):
                 raise InvalidArgument(f"yara: --path {r!r} must be an absolute path")
         scan_pids = self.select_pids(mode, pids, job)
+        peers_wanted = mode == "srcip" or (mode == "auto" and not pids and job.target.srcip)
+        if not roots and not scan_pids and peers_wanted:
+            return Outcome(
+                Status.OK,
+                details={"note": f"no process had a connection to {job.target.srcip}; "
+                                 "no paths configured; nothing to scan"},
+            )
         if not roots and not scan_pids and mode in ("none", "auto"):
             return Outcome(
                 Status.FAILED,

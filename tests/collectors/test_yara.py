@@ -300,3 +300,46 @@ def test_memory_all_selects_user_processes_only(
     job = make_job([])
     assert scan.select_pids("auto", [], job) == []
     assert scan.select_pids("auto", [marked_child.pid], job) == [marked_child.pid]
+
+
+def test_srcip_mode_scans_the_processes_talking_to_the_address(
+    tmp_path: Path, rules_dir: Path, bundle_writer: Callable[..., BundleWriter]
+) -> None:
+    require_root()
+    import socket
+
+    from dfir_ar.validate import parse_ip
+
+    # Any 127/8 address is loopback; a private one keeps other test servers out of the match.
+    peer = f"127.{os.getpid() % 200 + 20}.{os.getpid() % 250 + 1}.10"
+    code = CHILD.replace(
+        'print("ready"', f"import socket; s = socket.create_connection(({peer!r}, PORT))\nprint(\"ready\""
+    )
+    with socket.socket() as srv:
+        srv.bind((peer, 0))
+        srv.listen(1)
+        code = code.replace("PORT", str(srv.getsockname()[1]))
+        proc = subprocess.Popen([sys.executable, "-c", code, PLANT.decode()[::-1]], stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"ready"
+            conn, _ = srv.accept()
+            with conn:
+                job = make_job([])
+                job.target = Target(srcip=parse_ip(peer))
+                writer = bundle_writer("yara")
+                outcome = scanner(tmp_path, rules_dir).collect(job, writer)
+                result, report = seal(writer, outcome)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert report.ok, report.problems
+    assert outcome.status is Status.OK, outcome.reason
+    assert outcome.details["pids"] == [proc.pid]
+    matches = jsonl(read_members(result.path), "matches.jsonl")
+    assert [m["target"]["pid"] for m in matches] == [proc.pid]
+    # And with nobody talking to the address: nothing to scan is a fact, not a failure.
+    job = make_job([])
+    job.target = Target(srcip=parse_ip("203.0.113.77"))
+    outcome = scanner(tmp_path, rules_dir).collect(job, bundle_writer("yara"))
+    assert outcome.status is Status.OK and "no process had a connection" in outcome.details["note"]
