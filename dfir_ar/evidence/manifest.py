@@ -41,6 +41,8 @@ class AgentInfo(_Model):
 
     id: str
     hostname: str
+    name: str = ""
+    """The configured agent name (global.agent_name), when it differs from the host name."""
     addresses: tuple[str, ...] = ()
     os: str = ""
     kernel: str = ""
@@ -49,9 +51,11 @@ class AgentInfo(_Model):
     @classmethod
     def current(cls, config: Config | None = None) -> AgentInfo:
         agent_id = config.global_.agent_id if config is not None else "000"
+        hostname = socket.gethostname()
         return cls(
             id=agent_id,
-            hostname=socket.gethostname(),
+            hostname=hostname,
+            name=(config.global_.agent_name if config is not None else "") or hostname,
             addresses=tuple(_own_addresses()),
             os=_os_name(),
             kernel=f"{platform.system()} {platform.release()} {platform.version()}".strip(),
