@@ -410,6 +410,10 @@ class DumpReport:
 Writer = Callable[[memoryview], object]
 
 
+class _ProcessGone(Exception):
+    """The process exited while it was being dumped."""
+
+
 def _read_range(
     fd: int, start: int, size: int, buf: bytearray, write: Writer, report: DumpReport,
     page_size: int,
@@ -435,10 +439,14 @@ def _read_range(
         # page and move on, so the rest of the mapping is still captured at its true offset.
         step = min(page_size - (pos % page_size), end - pos)
         reason = errno.errorcode.get(err.errno, str(err)) if err and err.errno else "short read"
-        if report.unreadable and report.unreadable[-1][1] == pos and report.unreadable[-1][2] == reason:
-            s, _, r = report.unreadable[-1]
-            report.unreadable[-1] = (s, pos + step, r)
+        last = report.unreadable[-1] if report.unreadable else None
+        if last is not None and last[1] == pos and last[2] == reason:
+            report.unreadable[-1] = (last[0], pos + step, reason)
         else:
+            # A new hole: if the process is gone, every later read fails too; stop instead of
+            # zero-filling the rest page by page.
+            if not os.path.exists(f"/proc/{report.pid}"):
+                raise _ProcessGone
             report.unreadable.append((pos, pos + step, reason))
         write(memoryview(bytes(step)))
         report.written += step
@@ -486,7 +494,11 @@ def dump_core(
             end = seg.map.start + seg.filesz
             while pos < end:
                 step = min(64 * chunk, end - pos)
-                _read_range(fd, pos, step, buf, write, report, PAGE_SIZE)
+                try:
+                    _read_range(fd, pos, step, buf, write, report, PAGE_SIZE)
+                except _ProcessGone:
+                    report.stopped = "process exited during the dump"
+                    return report
                 pos += step
                 progress(report.written, total)
                 if pos < end:

@@ -462,3 +462,20 @@ def test_compressing_writer_surfaces_the_sink_cap(
         z.close()  # and then idempotent; the writer thread is gone
         assert not z._thread.is_alive()
     assert writer.bytes_written <= 256 * 1024
+
+
+def test_process_exiting_mid_dump_stops_it_cleanly(child: Child) -> None:
+    require_root()
+    proc, _, _ = child
+    calls = []
+
+    def write(data: memoryview) -> None:
+        calls.append(data.nbytes)
+        if len(calls) == 2:  # header written, first data chunk in hand: the process dies
+            proc.kill()
+            proc.wait()
+
+    report = elfcore.dump_core(proc.pid, write)
+    assert report.stopped == "process exited during the dump"
+    assert not report.complete
+    assert report.written < report.layout.size
