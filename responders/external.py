@@ -170,7 +170,9 @@ def converse(
     cwd: str,
     env: dict[str, str] | None = None,
 ) -> ScriptRun:
-    """Play execd for one run of a Wazuh-protocol script, killing its group at ``deadline`` s."""
+    """Play execd for one run of a Wazuh-protocol script, killing its group at ``deadline`` s
+    (or earlier, at the executor's deadline scope, whichever comes first)."""
+    deadline = procs.remaining(deadline)
     end = time.monotonic() + deadline
     proc = procs.spawn(argv, env=env if env is not None else SCRIPT_ENV, cwd=cwd, stdin=subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None

@@ -393,7 +393,8 @@ def _respond(run: Run) -> str:
         state = saved.get("state", {}) if saved else {}
         if saved is None:
             log.warning("%s: no saved state for %s; deleting without it", run.plugin, key)
-        responder.delete(request, state if isinstance(state, dict) else {})
+        with _deadline(run):
+            responder.delete(request, state if isinstance(state, dict) else {})
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         run.logs.write("Ended")
@@ -423,7 +424,8 @@ def _respond(run: Run) -> str:
         responder.refresh(request, saved.get("state", {}), None)
         run.logs.write("Ended")
         return "ok"
-    state = responder.add(request)
+    with _deadline(run):
+        state = responder.add(request)
     _write_json_atomic(
         path,
         {
@@ -441,6 +443,13 @@ def _respond(run: Run) -> str:
     )
     run.logs.write("Ended")
     return "ok"
+
+
+def _deadline(run: Run) -> contextlib.AbstractContextManager[None]:
+    """Every subprocess of one add/delete ends by [global] execution_deadline (group killed)."""
+    from dfir_ar import procs
+
+    return procs.deadline_scope(time.monotonic() + run.config.global_.execution_deadline)
 
 
 def _collect(run: Run) -> str:

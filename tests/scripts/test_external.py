@@ -421,3 +421,16 @@ def test_alert_built_from_target_for_manual_orders(
     sent = json.loads((log_dir / "stdin.add").read_text())
     # What the Wazuh API's PUT /active-response builds for a manual run: only data.srcip.
     assert sent["parameters"]["alert"] == {"data": {"srcip": ATTACKER}}
+
+
+def test_executor_deadline_scope_caps_the_script_deadline(
+    write_script: ScriptWriter, ar_dir: Path, tmp_path: Path
+) -> None:
+    from dfir_ar import procs
+
+    write_script("hangs", "#!/bin/sh\nread -r LINE\nread -r NEVER\n")
+    responder = make_responder(ar_dir, tmp_path, "hangs", deadline=30)
+    start = time.monotonic()
+    with procs.deadline_scope(time.monotonic() + 1), pytest.raises(DeadlineExceeded):
+        responder.add(request_for())
+    assert time.monotonic() - start < 5
