@@ -60,6 +60,7 @@ PCAP_MAGIC_NS = 0xA1B23C4D  # nanosecond-resolution pcap: kernel timestamps keep
 RECV_BUFFER = 64 * 1024 * 1024
 FLUSH_AT = 512 * 1024
 POLL_MS = 100
+FINAL_DRAIN = 200_000
 _RECORD = struct.Struct("<IIII")
 _TIMESPEC = struct.Struct("@qq")
 _AUXDATA = struct.Struct("@IIIHHHH")  # struct tpacket_auxdata
@@ -230,7 +231,7 @@ class Pcap(Collector):
                     )
                     cap.writer.write(pcap_global_header(cap.linktype, snaplen))
                 status, reason = self._loop(job, captures, duration, max_packets, max_bytes,
-                                            snaplen)
+                                            snaplen, sink.bytes_remaining)
         finally:
             for cap in captures:
                 with contextlib.suppress(OSError):
@@ -253,7 +254,8 @@ class Pcap(Collector):
         return Outcome(status, reason, details)
 
     def _loop(self, job: CollectJob, captures: list[_Capture], duration: float,
-              max_packets: int, max_bytes: int, snaplen: int) -> tuple[Status, str]:
+              max_packets: int, max_bytes: int, snaplen: int,
+              bundle_remaining: int) -> tuple[Status, str]:
         poller = select.poll()
         by_fd = {}
         for cap in captures:
@@ -264,53 +266,31 @@ class Pcap(Collector):
         end = start + duration
         job.progress(f"capturing host {job.target.srcip} on "
                      f"{', '.join(c.iface.name for c in captures) or 'no interface'}", 0.0)
-        recv_buf = bytearray(snaplen)
-        view = memoryview(recv_buf)
-        anc_size = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_AUXDATA.size)
-        total_packets = 0
-        total_bytes = 24 * len(captures)  # the global headers
+        reader = _Reader(snaplen, max_packets, max_bytes, header_bytes=24 * len(captures),
+                         bundle_remaining=bundle_remaining)
         next_progress = start + 5.0
         try:
             while True:
                 now = clock.monotonic()
+                stop = None
                 if now >= job.deadline:
-                    raise _Stop(Status.PARTIAL, "collection deadline reached")
-                if job.cancel.is_set():
-                    raise _Stop(Status.PARTIAL, "cancelled before the capture duration ended")
-                if now >= end:
-                    raise _Stop(Status.OK, "")
+                    stop = _Stop(Status.PARTIAL, "collection deadline reached")
+                elif job.cancel.is_set():
+                    stop = _Stop(Status.PARTIAL, "cancelled before the capture duration ended")
+                elif now >= end:
+                    stop = _Stop(Status.OK, "")
+                if stop is not None:
+                    # What the kernel queued before the stop is part of the capture window.
+                    for cap in captures:
+                        reader.drain(cap, FINAL_DRAIN)
+                    raise stop
                 if now >= next_progress:
-                    job.progress(f"{total_packets} packets", (now - start) / duration)
+                    job.progress(f"{reader.packets} packets", (now - start) / duration)
                     next_progress = now + 5.0
                 timeout = max(0, min(POLL_MS, int((min(end, job.deadline) - now) * 1000) + 1))
                 for fd, _event in poller.poll(timeout):
-                    cap = by_fd[fd]
-                    # Drain what is queued, bounded so one busy interface cannot starve the clock.
-                    for _ in range(4096):
-                        try:
-                            n, anc, _flags, address = cap.sock.recvmsg_into(
-                                [view], anc_size, socket.MSG_TRUNC | socket.MSG_DONTWAIT
-                            )
-                        except BlockingIOError:
-                            break
-                        if cap.iface.is_loopback and address[2] == PACKET_OUTGOING:
-                            continue  # lo delivers each packet twice; libpcap drops this copy too
-                        captured = min(n, snaplen)
-                        sec, nsec, original = _ancillary(anc, n)
-                        record = _RECORD.pack(sec, nsec, captured, original)
-                        size = len(record) + captured
-                        if max_bytes and total_bytes + size > max_bytes:
-                            raise _Stop(Status.PARTIAL, f"--max-bytes {max_bytes} reached")
-                        cap.buffer += record
-                        cap.buffer += view[:captured]
-                        cap.packets += 1
-                        cap.bytes += size
-                        total_bytes += size
-                        total_packets += 1
-                        if len(cap.buffer) >= FLUSH_AT:
-                            _flush(cap)
-                        if max_packets and total_packets >= max_packets:
-                            raise _Stop(Status.OK, "")
+                    # Bounded batch, so one busy interface cannot starve the clock checks.
+                    reader.drain(by_fd[fd], 4096)
         except _Stop as stop:
             return self._finish(captures, stop.status, stop.reason)
         except ByteCapReached as exc:
@@ -324,6 +304,53 @@ class Pcap(Collector):
         except ByteCapReached as exc:
             return Status.PARTIAL, str(exc)
         return status, reason
+
+
+class _Reader:
+    """Turns queued packets into pcap records; raises _Stop at --max-packets / --max-bytes."""
+
+    def __init__(self, snaplen: int, max_packets: int, max_bytes: int, header_bytes: int,
+                 bundle_remaining: int) -> None:
+        self.snaplen = snaplen
+        self.max_packets = max_packets
+        self.max_bytes = max_bytes
+        self.packets = 0
+        self.bytes = header_bytes
+        # Records are buffered before they reach the writer, so stop at the bundle's cap here
+        # rather than discover it at the next flush, seconds of capture later.
+        self.bundle_limit = header_bytes + bundle_remaining
+        self._buf = bytearray(snaplen)
+        self._view = memoryview(self._buf)
+        self._anc = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_AUXDATA.size)
+
+    def drain(self, cap: _Capture, budget: int) -> None:
+        view, snaplen, recv = self._view, self.snaplen, cap.sock.recvmsg_into
+        flags = socket.MSG_TRUNC | socket.MSG_DONTWAIT
+        loopback = cap.iface.is_loopback
+        for _ in range(budget):
+            try:
+                n, anc, _flags, address = recv([view], self._anc, flags)
+            except BlockingIOError:
+                return
+            if loopback and address[2] == PACKET_OUTGOING:
+                continue  # lo delivers each packet twice; libpcap drops this copy too
+            captured = min(n, snaplen)
+            sec, nsec, original = _ancillary(anc, n)
+            size = _RECORD.size + captured
+            if self.max_bytes and self.bytes + size > self.max_bytes:
+                raise _Stop(Status.PARTIAL, f"--max-bytes {self.max_bytes} reached")
+            if self.bytes + size > self.bundle_limit:
+                raise _Stop(Status.PARTIAL, "byte cap reached (the bundle's size limit)")
+            cap.buffer += _RECORD.pack(sec, nsec, captured, original)
+            cap.buffer += view[:captured]
+            cap.packets += 1
+            cap.bytes += size
+            self.bytes += size
+            self.packets += 1
+            if len(cap.buffer) >= FLUSH_AT:
+                _flush(cap)
+            if self.max_packets and self.packets >= self.max_packets:
+                raise _Stop(Status.OK, "")
 
 
 def _ancillary(anc: list[tuple[int, int, bytes]], received: int) -> tuple[int, int, int]:
