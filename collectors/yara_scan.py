@@ -43,6 +43,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -128,9 +129,11 @@ def compile_rules(entries: Sequence[Path], cache_dir: Path | None) -> tuple[str,
     files = rule_files(entries)
     digest = rules_digest(files, yara.__version__)
     with _compiled_lock:
-        if digest in _compiled:
-            return digest, _compiled[digest]
         cached = cache_dir / f"{digest}.yarc" if cache_dir is not None else None
+        if digest in _compiled:
+            if cached is not None and not cached.exists():
+                _save(_compiled[digest], cached)
+            return digest, _compiled[digest]
         rules = None
         if cached is not None and cached.is_file():
             try:
@@ -186,14 +189,26 @@ class YaraSettings(BaseModel):
 
     _digest: str = PrivateAttr(default="")
 
-    @model_validator(mode="after")
-    def _compile(self, info: ValidationInfo) -> YaraSettings:
+    @field_validator("rules")
+    @classmethod
+    def _compile(cls, rules: tuple[Path, ...], info: ValidationInfo) -> tuple[Path, ...]:
+        # A field validator (not a model one) so `dfir-ar config check` names the key:
+        # "[collectors.yara], rules: invalid YARA rule: /x/bad.yar(6): undefined string".
         try:
             import yara  # noqa: F401
         except ImportError:
             raise ValueError("yara-python is not installed (pip install yara-python)") from None
         ctx = info.context if isinstance(info.context, Mapping) else {}
+        cache = ctx.get("cache_dir")
+        compile_rules(rules, Path(cache) if cache else None)
+        return rules
+
+    @model_validator(mode="after")
+    def _remember(self, info: ValidationInfo) -> YaraSettings:
+        ctx = info.context if isinstance(info.context, Mapping) else {}
         cache = self.cache_dir or ctx.get("cache_dir")
+        # Already compiled by _compile: this only finds the digest (and fills an explicit
+        # cache_dir's disk cache).
         self._digest, _ = compile_rules(self.rules, Path(cache) if cache else None)
         return self
 

@@ -144,7 +144,8 @@ def test_invalid_rule_is_a_config_error_naming_file_and_line(tmp_path: Path, rul
     with pytest.raises(ConfigError) as cerr:
         load_config(cfg)
     msg = str(cerr.value)
-    assert "[collectors.yara]" in msg and f"{bad}(6)" in msg and "syntax error" in msg
+    assert "[collectors.yara], rules: invalid YARA rule:" in msg
+    assert f"{bad}(6)" in msg and "syntax error" in msg
 
 
 def test_missing_rules_table_is_a_clear_config_error(tmp_path: Path) -> None:
