@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from dfir_ar.collector import Collector
 from dfir_ar.errors import PluginUnavailable
@@ -60,29 +60,45 @@ class Registry:
         return info.cls
 
 
+def _info(ep: EntryPoint, kind: str, base: type[Responder] | type[Collector]) -> PluginInfo:
+    try:
+        cls = ep.load()
+    except Exception as exc:  # noqa: BLE001 - a broken plug-in must not take the engine down
+        return PluginInfo(ep.name, kind, ep.value, None, f"import failed: {exc}")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        return PluginInfo(
+            ep.name, kind, ep.value, None, f"{ep.value} is not a {base.__name__} subclass"
+        )
+    plugin: type[Responder] | type[Collector] = cls
+    error = ""
+    try:
+        plugin.check_compatible()
+    except PluginUnavailable as exc:
+        error = str(exc)
+    return PluginInfo(ep.name, kind, ep.value, plugin, error)
+
+
 def _load(
     group: str, kind: str, base: type[Responder] | type[Collector]
 ) -> dict[str, PluginInfo]:
-    found: dict[str, PluginInfo] = {}
-    for ep in entry_points(group=group):
-        try:
-            cls = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not take the engine down
-            found[ep.name] = PluginInfo(ep.name, kind, ep.value, None, f"import failed: {exc}")
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, base)):
-            found[ep.name] = PluginInfo(
-                ep.name, kind, ep.value, None, f"{ep.value} is not a {base.__name__} subclass"
-            )
-            continue
-        plugin: type[Responder] | type[Collector] = cls
-        error = ""
-        try:
-            plugin.check_compatible()
-        except PluginUnavailable as exc:
-            error = str(exc)
-        found[ep.name] = PluginInfo(ep.name, kind, ep.value, plugin, error)
-    return found
+    return {ep.name: _info(ep, kind, base) for ep in entry_points(group=group)}
+
+
+def plugin_names() -> list[str]:
+    """Every registered plug-in name, without importing any plug-in."""
+    return [ep.name for group in (RESPONDERS, COLLECTORS) for ep in entry_points(group=group)]
+
+
+def load_only(name: str) -> Registry:
+    """A registry holding just ``name`` (empty if unknown): importing one plug-in instead of all
+    keeps a one-shot process such as ``dfir-ar wazuh-ar`` fast."""
+    for ep in entry_points(group=RESPONDERS):
+        if ep.name == name:
+            return Registry(responders={name: _info(ep, "responder", Responder)})
+    for ep in entry_points(group=COLLECTORS):
+        if ep.name == name:
+            return Registry(collectors={name: _info(ep, "collector", Collector)})
+    return Registry()
 
 
 @cache

@@ -70,12 +70,9 @@ def plugin_from_name(name: str) -> str | None:
         return None
     if base.startswith(LINK_PREFIX) and len(base) > len(LINK_PREFIX):
         return base[len(LINK_PREFIX) :]
-    from importlib.metadata import entry_points
+    from dfir_ar.registry import plugin_names
 
-    from dfir_ar.registry import COLLECTORS, RESPONDERS
-
-    names = {ep.name for group in (RESPONDERS, COLLECTORS) for ep in entry_points(group=group)}
-    return base if base in names else None
+    return base if base in plugin_names() else None
 
 
 def link_main(argv: Sequence[str]) -> None:
@@ -335,9 +332,10 @@ def execute(run: Run) -> str:
     info = run.registry.get(run.plugin)
     if info is None:
         from dfir_ar.config.load import suggest
+        from dfir_ar.registry import plugin_names
 
-        names = [p.name for p in run.registry.all()]
-        raise UsageError(f"no dfir-ar plug-in named {run.plugin!r}{suggest(run.plugin, names)}")
+        hint = suggest(run.plugin, plugin_names())
+        raise UsageError(f"no dfir-ar plug-in named {run.plugin!r}{hint}")
     if info.kind == "collector":
         return _collect(run)
     return _respond(run)
@@ -629,7 +627,7 @@ def run_wazuh_ar(
 ) -> int:
     """The whole run; returns the exit status (0: done or aborted by execd)."""
     from dfir_ar.arlog import AuditRecord
-    from dfir_ar.registry import load_registry
+    from dfir_ar.registry import load_only
 
     start = time.monotonic()
     fallback = plugin_opt or plugin_from_name(invoked_as) or "dfir-ar"
@@ -669,7 +667,7 @@ def run_wazuh_ar(
         logs.write("Starting", wazuh_protocol.encode(message).decode("utf-8").strip())
         run = Run(
             config=config,
-            registry=load_registry(),
+            registry=load_only(plugin),
             plugin=plugin,
             message=message,
             extra_args=rest,
