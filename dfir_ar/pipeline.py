@@ -24,6 +24,8 @@ from dfir_ar.validate import IPAddress, IPNetwork, parse_ip, parse_network, pars
 
 LEVEL_ZERO = "rule level 0 never triggers a response"
 MAX_FILENAME = 4096
+SRCIP_CACHE = 4096
+_SrcipVerdict = tuple[IPAddress | None, str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,7 @@ class Pipeline:
                 )
             )
         self.bindings: tuple[_Binding, ...] = tuple(bindings)
+        self._srcips: dict[str, _SrcipVerdict] = {}
 
     def decide(self, alert: Alert, now: float) -> list[Decision]:
         """Every matched binding's Decision, in config order; [] when nothing matched."""
@@ -134,27 +137,41 @@ class Pipeline:
         indexes = self.matcher.match(alert)
         if not indexes:
             return []
-        # Parsed at most once per alert, and only when a binding needs them.
         srcip: IPAddress | None = None
         srcip_error: str | None = None
-        if alert.srcip is not None:
-            try:
-                srcip = parse_ip(alert.srcip)
-            except InvalidAddress as exc:
-                srcip_error = str(exc)
-        if srcip is not None and srcip_error is None:
-            # 0.0.0.0, ::, multicast, broadcast: forged by definition; treated like an unparsable
-            # srcip, so responses that apply the white list refuse too.
-            srcip_error = not_a_host(srcip)
         listed: str | None = None
-        if srcip is not None and srcip_error is None and self.white_list.contains(srcip):
-            net = self.white_list.covering(srcip)
-            listed = f"srcip {srcip} is white-listed ({net}); nothing runs against it"
+        if alert.srcip is not None:
+            verdict = self._srcips.get(alert.srcip)
+            if verdict is None:
+                verdict = self._check_srcip(alert.srcip)
+            srcip, srcip_error, listed = verdict
         out: list[Decision] = []
         for index in indexes:
             b = self.bindings[index]
             out.append(self._decide_one(b, alert, now, srcip, srcip_error, listed))
         return out
+
+    def _check_srcip(self, text: str) -> _SrcipVerdict:
+        """Parse and white-list-check one srcip text; remembered, since an attack repeats it."""
+        srcip: IPAddress | None = None
+        error: str | None = None
+        listed: str | None = None
+        try:
+            srcip = parse_ip(text)
+        except InvalidAddress as exc:
+            error = str(exc)
+        if srcip is not None:
+            # 0.0.0.0, ::, multicast, broadcast: forged by definition; treated like an unparsable
+            # srcip, so responses that apply the white list refuse too.
+            error = not_a_host(srcip)
+            if error is None and self.white_list.contains(srcip):
+                net = self.white_list.covering(srcip)
+                listed = f"srcip {srcip} is white-listed ({net}); nothing runs against it"
+        verdict = (srcip, error, listed)
+        if len(self._srcips) >= SRCIP_CACHE:
+            self._srcips.clear()  # bounded: a flood of distinct values cannot grow it
+        self._srcips[text] = verdict
+        return verdict
 
     def _decide_one(
         self,
@@ -215,7 +232,9 @@ class Pipeline:
             command=name,
             # A valid srcip rides along even when not expected: OSSEC-protocol scripts and the
             # evidence manifest record it.
-            target=Target(srcip=srcip, username=username, filename=filename),
+            target=Target(
+                srcip=srcip if srcip_error is None else None, username=username, filename=filename
+            ),
             timeout=b.timeout,
             repeated_offenders=tuple(b.ar.repeated_offenders),
             extra_args=tuple(cmd.extra_args),

@@ -8,7 +8,7 @@ dropped as they come and one refusal is emitted when its newline finally arrives
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from dfir_ar.alert import Alert
 from dfir_ar.parsers import (
@@ -66,81 +66,93 @@ class RecordReader:
     def framing(self) -> str | None:
         return self._framing
 
-    def feed(self, data: bytes) -> list[Item]:
-        out: list[Item] = []
+    def feed(self, data: bytes) -> Iterator[Item]:
+        """Records completed by ``data``, one at a time (a generator: iterate it to the end).
+
+        Yielding one by one lets the caller handle and drop each alert before the next is
+        parsed; a list of a chunk's thousand alerts, each holding its raw dict, kept the
+        garbage collector busy for a third of the parse time.
+        """
         if not data:
-            return out
+            return
         if self._discarding:
             nl = data.find(b"\n")
             if nl < 0:
                 self._discarded += len(data)
                 self._base += len(data)
-                return out
+                return
             self._discarded += nl + 1
             self._base += nl + 1
-            self._end_discard(out)
+            yield from self._end_discard()
             data = data[nl + 1 :]
         buf = self._partial + data if self._partial else data
+        self._partial = b""
         lines = buf.split(b"\n")
         rest = lines.pop()
         pos = self._base
+        parse, max_bytes = self._parse_json, self.max_bytes
         for line in lines:
             pos += len(line) + 1
-            self._line(line, pos, out)
-        self._base = pos
+            self._base = pos
+            if self._framing == "json":
+                if not line or line.isspace():
+                    continue
+                try:
+                    yield (parse(line, max_bytes), pos)
+                except MalformedAlert as exc:
+                    yield (Rejected(str(exc), excerpt(line)), pos)
+            else:
+                yield from self._line(line, pos)
         if len(rest) > self.max_bytes:
             self._discarding = True
             self._discarded = len(rest)
             self._discard_head = rest[:200]
             self._base += len(rest)
-            self._partial = b""
         else:
             self._partial = rest
-        return out
 
     def finish(self) -> list[Item]:
         """The input ended (EOF of a pipe, a rotated file): a last line without newline counts."""
         out: list[Item] = []
         if self._discarding:
-            self._end_discard(out)
+            out.extend(self._end_discard())
         if self._partial:
             line, self._partial = self._partial, b""
             self._base += len(line)
-            self._line(line, self._base, out)
+            out.extend(self._line(line, self._base))
         if self._framing == "ossec":
             for p in self._ossec.flush(self._base):
                 out.append(_item(p.item, p.end, p.raw))
         return out
 
-    def _end_discard(self, out: list[Item]) -> None:
+    def _end_discard(self) -> list[Item]:
         reason = f"alert is over {self.max_bytes} bytes ({self._discarded} bytes)"
         self._discarding = False
         if self._framing == "ossec" and self._ossec.pending:
             self._ossec.poison()
-            return
-        out.append((Rejected(reason, excerpt(self._discard_head)), self._base))
+            return []
+        return [(Rejected(reason, excerpt(self._discard_head)), self._base)]
 
-    def _line(self, line: bytes, end: int, out: list[Item]) -> None:
+    def _line(self, line: bytes, end: int) -> list[Item]:
+        """One line in the first-line or OSSEC framing (JSON lines take the inline path)."""
         framing = self._framing
         if framing is None:
             stripped = line.strip()
             if not stripped:
-                return
+                return []
             framing = self._framing = "ossec" if stripped.startswith(b"** Alert ") else "json"
         if framing == "json":
             if not line or line.isspace():
-                return
+                return []
             try:
-                out.append((self._parse_json(line, self.max_bytes), end))
+                return [(self._parse_json(line, self.max_bytes), end)]
             except MalformedAlert as exc:
-                out.append((Rejected(str(exc), excerpt(line)), end))
-            return
+                return [(Rejected(str(exc), excerpt(line)), end)]
         if self._resync:
             if not line.startswith(b"** Alert "):
-                return
+                return []
             self._resync = False
-        for p in self._ossec.feed(line, end):
-            out.append(_item(p.item, p.end, p.raw))
+        return [_item(p.item, p.end, p.raw) for p in self._ossec.feed(line, end)]
 
 
 def _item(item: Alert | MalformedAlert, end: int, raw: bytes) -> Item:

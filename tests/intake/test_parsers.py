@@ -158,9 +158,9 @@ def test_excerpt_is_printable_and_short() -> None:
 def test_reader_holds_back_partial_lines_and_reports_offsets() -> None:
     r = RecordReader("auto", max_bytes=1024)
     line = wazuh_line()
-    assert r.feed(line[:50]) == []
+    assert list(r.feed(line[:50])) == []
     assert r.position == 0
-    out = r.feed(line[50:] + b"\n\n" + line[:10])
+    out = list(r.feed(line[50:] + b"\n\n" + line[:10]))
     assert len(out) == 1 and isinstance(out[0][0], Alert) and out[0][1] == len(line)
     assert r.position == len(line) + 2  # the blank line is consumed, the partial one is not
     assert r.finish()[0][1] == len(line) + 2 + 10  # at EOF the partial line counts (and is refused)
@@ -168,9 +168,9 @@ def test_reader_holds_back_partial_lines_and_reports_offsets() -> None:
 
 def test_reader_drops_oversized_lines_without_buffering_them() -> None:
     r = RecordReader("wazuh", max_bytes=1024)
-    assert r.feed(b"{" + b"x" * 5000) == []
+    assert list(r.feed(b"{" + b"x" * 5000)) == []
     assert r._partial == b""
-    out = r.feed(b"y" * 5000 + b"\n" + wazuh_line())
+    out = list(r.feed(b"y" * 5000 + b"\n" + wazuh_line()))
     assert isinstance(out[0][0], Rejected) and "over 1024 bytes" in out[0][0].reason
     assert out[0][1] == 10_002
     assert isinstance(out[1][0], Alert)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -90,9 +91,9 @@ def test_json_output_and_verdicts(config: Path) -> None:
     assert code == 0
     data = json.loads(out)
     rows = data["results"]
-    by_record: dict[int, list[dict[str, object]]] = {}
+    by_record: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
-        by_record.setdefault(int(r["record"]), []).append(r)  # type: ignore[call-overload]
+        by_record.setdefault(int(r["record"]), []).append(r)
     assert by_record[2][0]["verdict"] == "fires"  # ::ffff:198.51.100.7
     assert by_record[4][0]["verdict"] == "refused" and "white-listed" in by_record[4][0]["reason"]
     assert by_record[5][0]["verdict"] == "no match"
