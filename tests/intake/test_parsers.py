@@ -179,7 +179,7 @@ def test_reader_drops_oversized_lines_without_buffering_them() -> None:
 def test_reader_frames_ossec_blocks() -> None:
     data = (EXAMPLES / "ossec-ssh-bruteforce.log").read_bytes()
     r = RecordReader("auto")
-    items = []
+    items: list[tuple[Alert | Rejected, int]] = []
     for i in range(0, len(data), 7):  # odd chunk sizes: blocks split anywhere
         items.extend(r.feed(data[i : i + 7]))
     assert r.framing == "ossec"
