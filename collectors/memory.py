@@ -193,7 +193,8 @@ class Memory(Collector):
         OptionSpec("pid", list, [], "Process id to dump (repeatable)."),
         OptionSpec(
             "srcip-procs", bool, True,
-            "Also dump every process with a connection to the alert's srcip (default on).",
+            "Also dump every process with a connection to the alert's srcip (default on; "
+            "--srcip-procs=no turns it off).",
         ),
         OptionSpec(
             "max-mb", int, 0,
