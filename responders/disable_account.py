@@ -242,13 +242,10 @@ class DisableAccount(Responder):
                 "earlier state was lost, so the undo will leave it disabled",
                 name,
             )
-        _usermod("--expiredate", str(EXPIRED_DAY), name)
-        if not before.password_locked:
-            try:
-                _usermod("-L", name)
-            except ExecutionError:
-                _usermod("--expiredate", _expiry_arg(before.expire), name)
-                raise
+        # One usermod: it rewrites /etc/shadow once, under its own lock, so both changes land
+        # together or not at all.
+        lock = () if before.password_locked else ("-L",)
+        _usermod("--expiredate", str(EXPIRED_DAY), *lock, name)
         state: State = {
             "username": name,
             "uid": account.pw_uid,
@@ -300,8 +297,9 @@ class DisableAccount(Responder):
         if previous_expire is not None and not isinstance(previous_expire, int):
             raise StateError(f"disable-account: saved expiry {previous_expire!r} is not a day")
         # Only undo what is still ours: an admin who changed the account meanwhile wins.
+        options: list[str] = []
         if now.expire == EXPIRED_DAY:
-            _usermod("--expiredate", _expiry_arg(previous_expire), name)
+            options += ["--expiredate", _expiry_arg(previous_expire)]
         else:
             self.context.log.warning(
                 "disable-account: %s expiry was changed since it was disabled; left as is", name
@@ -309,9 +307,11 @@ class DisableAccount(Responder):
         if not state["previous_locked"] and now.password_locked:
             if state.get("previous_password_empty"):
                 # usermod -U will not produce a passwordless account; put the empty field back.
-                _usermod("-p", "", name)
+                options += ["-p", ""]
             else:
-                _usermod("-U", name)
+                options += ["-U"]
+        if options:
+            _usermod(*options, name)
         self.context.log.info("disable-account: %s restored", name)
 
     def active(self) -> set[str] | None:

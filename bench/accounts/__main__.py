@@ -1,0 +1,3 @@
+from bench.accounts.run import main
+
+raise SystemExit(main())
