@@ -26,6 +26,7 @@ when the action is not there). Accepted collections that never finished are run 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -43,7 +44,7 @@ from dfir_ar.collector import Collector, CollectorContext
 from dfir_ar.config.models import CommandConfig, Config
 from dfir_ar.errors import DeadlineExceeded, DfirArError, PluginUnavailable, Refused, StateError
 from dfir_ar.escalation import next_offence
-from dfir_ar.ledger import APPLIED, Entry, Ledger, Tx
+from dfir_ar.ledger import APPLIED, Entry, GroupCommitter, Ledger, Tx
 from dfir_ar.order import Order
 from dfir_ar.registry import Registry, load_registry
 from dfir_ar.responder import LiveEntry, Request, Responder, ResponderContext, Target
@@ -121,12 +122,6 @@ class _Plan:
     ticket: Ticket = field(default_factory=Future)
 
 
-def _done(result: Result) -> Ticket:
-    fut: Ticket = Future()
-    fut.set_result(result)
-    return fut
-
-
 class Executor:
     """Runs orders on this host. Thread-safe; one per process (one ledger writer)."""
 
@@ -161,6 +156,7 @@ class Executor:
         self._stripes = [threading.Lock() for _ in range(64)]
         self._limiters: dict[str, RateLimiter] = {}
         self._active = ledger.count_entries()
+        self._committer = GroupCommitter(ledger)
         self._active_lock = threading.Lock()
         self._delete_failures: Counter[Ident] = Counter()
         self._cancels: set[threading.Event] = set()
@@ -243,21 +239,45 @@ class Executor:
     def submit(self, order: Order) -> Ticket:
         return self.accept([order])[0]
 
-    def accept(self, orders: Sequence[Order], *, cursor: Cursor | None = None) -> list[Ticket]:
-        """Record every order (and the source cursor) in one transaction, then run them."""
-        now = self.clock.now()
-        plans: list[_Plan] = []
-        with self.ledger.transaction() as tx:
-            for order in orders:
-                plans.append(self._prepare(tx, order, now))
+    def accept(
+        self, orders: Sequence[Order], *, cursor: Cursor | None = None, wait: bool = False
+    ) -> list[Ticket]:
+        """Record every order (and the source cursor) atomically, then run them.
+
+        Returns at once with one ticket per order (resolved when its execution ends); with
+        ``wait`` only after the orders and the cursor are committed. Raises StateError when the
+        ledger can no longer be written (the caller must stop, not skip the alert).
+        """
+        tickets: list[Ticket] = [Future() for _ in orders]
+        orders = list(orders)
+
+        def record(tx: Tx) -> list[_Plan]:
+            now = self.clock.now()
+            plans = []
+            for order, ticket in zip(orders, tickets, strict=True):
+                plan = self._prepare(tx, order, now)
+                plan.ticket = ticket
+                plans.append(plan)
             if cursor is not None:
                 tx.save_cursor(cursor.source, cursor.position, now)
-        # Only after the commit: what runs is exactly what is recorded.
-        for plan in plans:
-            if plan.kind == "add":
-                with self._active_lock:
-                    self._active += 1
-        return [self._dispatch(plan) for plan in plans]
+            return plans
+
+        def run(plans: list[_Plan]) -> None:
+            # Only after the commit: what runs is exactly what is recorded.
+            for plan in plans:
+                if plan.kind == "add":
+                    with self._active_lock:
+                        self._active += 1
+                self._dispatch(plan)
+
+        committed = self._committer.submit(record, run)
+        if wait:
+            committed.result()
+        return tickets
+
+    def flush(self) -> None:
+        """Wait until every accepted order is committed (and its execution started)."""
+        self._committer.flush()
 
     def _refuse(self, order: Order, reason: str, key: str | None = None) -> _Plan:
         return _Plan(kind="refused", order=order, reason=reason, key=key)
@@ -370,7 +390,8 @@ class Executor:
 
     def _dispatch(self, plan: _Plan) -> Ticket:
         if plan.kind == "refused":
-            return _done(self._record_refusal(plan))
+            plan.ticket.set_result(self._record_refusal(plan))
+            return plan.ticket
         work: Callable[[_Plan], Result] = {
             "add": self._run_add,
             "refresh": self._run_refresh,
@@ -387,7 +408,9 @@ class Executor:
         try:
             self._pool.submit(task)
         except RuntimeError:  # pool shut down: the ledger keeps it for the next start
-            return _done(self._result(plan, plan.kind, "failed", error="executor is stopping"))
+            plan.ticket.set_result(
+                self._result(plan, plan.kind, "failed", error="executor is stopping")
+            )
         return plan.ticket
 
     def _record_refusal(self, plan: _Plan) -> Result:
@@ -486,19 +509,27 @@ class Executor:
                 self._audit(plan, result)
                 return result
             duration = time.monotonic() - start
-            self.ledger.mark_applied(cmd.name, key, plan.order.id, state, self.clock.now())
-            self.ar_log.write(self.clock.now(), cmd.executable, "Ended")
+            # A repeat may have refreshed the timer while this add ran.
             entry = self.ledger.get(cmd.name, key)
-            if entry is not None and entry.expires_at is not None:
-                self._schedule(ident, entry.expires_at)
+            expires_at = plan.expires_at if entry is None else entry.expires_at
+            self.ar_log.write(self.clock.now(), cmd.executable, "Ended")
             self.counters["add_ok"] += 1
             result = self._result(
                 plan, "add", "ok", duration=duration,
                 details={"retried_intent": True} if plan.retry else None,
             )
-            if entry is not None:
-                result = replace(result, expires_at=entry.expires_at)
+            result = replace(result, expires_at=expires_at)
+            # Recorded before the applied mark: a crash in between retries the (idempotent) add
+            # and records it again, flagged; the other order would lose the record.
             self._audit(plan, result)
+            applied_at = self.clock.now()
+            order_id = plan.order.id
+            # Through the group committer: concurrent executions share one commit.
+            self._committer.submit(
+                lambda tx: tx.mark_applied(cmd.name, key, order_id, state, applied_at)
+            ).result()
+            if expires_at is not None:
+                self._schedule(ident, expires_at)
             return result
 
     def _already_active(self, plan: _Plan, exc: Exception, duration: float) -> Result:
@@ -726,17 +757,18 @@ class Executor:
                 return result
             duration = time.monotonic() - start
             self._delete_failures.pop(ident, None)
-            self.ledger.remove(command, key, entry.order_id)
-            with self._active_lock:
-                self._active -= 1
-            with self._cond:
-                self._table.cancel(ident)
             self.ar_log.write(self.clock.now(), cmd.executable, "Ended")
             self.counters["delete_ok"] += 1
             late = max(0.0, now - entry.expires_at) if entry.expires_at is not None else 0.0
             result = self._result(plan, "delete", "ok", duration=duration,
                                   details={"reason": reason, "late": round(late, 3)})
+            # Recorded before the row goes: a crash in between repeats the (quiet) delete.
             self._audit(plan, result)
+            self.ledger.remove(command, key, entry.order_id)
+            with self._active_lock:
+                self._active -= 1
+            with self._cond:
+                self._table.cancel(ident)
             return result
 
     def _order_of(self, entry: Entry) -> Order:
@@ -851,6 +883,8 @@ class Executor:
     def shutdown(self, *, lift: bool | None = None, wait: bool = True) -> None:
         """Stop: running work finishes; blocks stay unless ``lift`` (global.lift_on_stop)."""
         lift = self.config.global_.lift_on_stop if lift is None else lift
+        with contextlib.suppress(StateError):
+            self._committer.flush()  # accepted orders start before the pool closes
         self._stopping.set()
         self.wake()
         if lift:
@@ -859,6 +893,7 @@ class Executor:
         for cancel in list(self._cancels):
             cancel.set()
         self._pool.shutdown(wait=wait, cancel_futures=False)
+        self._committer.close()
 
 
 def _hostname() -> str:

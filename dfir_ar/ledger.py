@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import queue
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dfir_ar.alert import Alert
 from dfir_ar.errors import RefusedInput, StateError
@@ -35,6 +38,9 @@ from dfir_ar.validate import parse_ip, parse_username
 
 if TYPE_CHECKING:
     from dfir_ar.sources.base import Cursor
+
+log = logging.getLogger("dfir_ar.ledger")
+T = TypeVar("T")
 
 LEDGER_FILE = "ledger.sqlite3"
 SCHEMA_VERSION = 1
@@ -271,6 +277,31 @@ class Tx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
+        self._n = 0
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested unit: on an exception only its own writes are undone, then it re-raises."""
+        self._n += 1
+        name = f"sp{self._n}"
+        self._c.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._c.execute(f"ROLLBACK TO {name}")
+            self._c.execute(f"RELEASE {name}")
+            raise
+        self._c.execute(f"RELEASE {name}")
+
+    def mark_applied(
+        self, command: str, key: str, order_id: str, state: State, applied_at: float
+    ) -> None:
+        self._c.execute(
+            "UPDATE entries SET status = ?, state = ?, applied_at = ? "
+            "WHERE command = ? AND key = ? AND order_id = ?",
+            (APPLIED, json.dumps(state, separators=(",", ":"), default=str), applied_at,
+             command, key, order_id),
+        )
 
     def get(self, command: str, key: str) -> Entry | None:
         row = self._c.execute(
@@ -465,12 +496,8 @@ class Ledger(_Reader):
     def mark_applied(
         self, command: str, key: str, order_id: str, state: State, applied_at: float
     ) -> None:
-        self._write(
-            "UPDATE entries SET status = ?, state = ?, applied_at = ? "
-            "WHERE command = ? AND key = ? AND order_id = ?",
-            (APPLIED, json.dumps(state, separators=(",", ":"), default=str), applied_at,
-             command, key, order_id),
-        )
+        with self.transaction() as tx:
+            tx.mark_applied(command, key, order_id, state, applied_at)
 
     def remove(self, command: str, key: str, order_id: str | None = None) -> bool:
         if order_id is None:
@@ -495,6 +522,110 @@ class Ledger(_Reader):
 
     def count_entries(self) -> int:
         return int(self._query("SELECT count(*) FROM entries")[0][0])
+
+
+_Work = tuple[Callable[[Tx], Any], Callable[[Any], None] | None, "Future[Any]"]
+
+
+class GroupCommitter:
+    """The ledger's one writer thread: queued writes share transactions (group commit).
+
+    Why: a transaction per alert caps intake at the commit rate; under load many alerts' intents
+    and cursors commit together, each alert still atomically (its writes run in a SAVEPOINT, so a
+    failing item undoes only itself). ``after`` callbacks run in order once their transaction is
+    durable, which is where the executor starts the actions: nothing runs that is not recorded.
+
+    If a commit fails (disk full, I/O error) every later write fails too, in order: committing a
+    later cursor would skip the alerts of the failed batch. The service stops and a restart
+    re-reads from the last committed cursor.
+    """
+
+    MAX_BATCH = 512
+
+    def __init__(self, ledger: Ledger, *, max_queue: int = 10_000) -> None:
+        self._ledger = ledger
+        # Bounded: a source faster than the disk is slowed down instead of growing memory.
+        self._q: queue.Queue[_Work | None] = queue.Queue(max_queue)
+        self.failure: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="dfir-ar-ledger", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, work: Callable[[Tx], T], after: Callable[[T], None] | None = None
+    ) -> Future[T]:
+        """Queue ``work(tx)``; the future resolves (after ``after`` ran) once it is committed."""
+        if self.failure is not None:
+            raise StateError(f"ledger writes stopped after an error: {self.failure}")
+        if self._closed:
+            raise StateError("the ledger writer is closed")
+        fut: Future[T] = Future()
+        self._q.put((work, after, fut))
+        return fut
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        self.submit(lambda tx: None).result()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._q.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            batch = [item]
+            last = False
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    last = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+            if last:
+                return
+
+    def _commit(self, batch: list[_Work]) -> None:
+        if self.failure is not None:
+            for _, _, fut in batch:
+                fut.set_exception(StateError(f"ledger writes stopped: {self.failure}"))
+            return
+        done: list[tuple[Future[Any], Callable[[Any], None] | None, Any, BaseException | None]]
+        done = []
+        try:
+            with self._ledger.transaction() as tx:
+                for work, after, fut in batch:
+                    try:
+                        with tx.savepoint():
+                            done.append((fut, after, work(tx), None))
+                    except (sqlite3.IntegrityError, StateError, RefusedInput) as exc:
+                        done.append((fut, after, None, exc))
+        except BaseException as exc:
+            self.failure = exc
+            log.critical("ledger commit failed; no further writes: %s", exc)
+            for _, _, fut in batch:
+                fut.set_exception(exc)
+            return
+        for fut, after, value, exc in done:
+            if exc is not None:
+                fut.set_exception(exc)
+                continue
+            if after is not None:
+                try:
+                    after(value)
+                except Exception as cb_exc:  # noqa: BLE001 - one bad callback must not stop others
+                    log.exception("after-commit step failed")
+                    fut.set_exception(cb_exc)
+                    continue
+            fut.set_result(value)
 
 
 class LedgerView(_Reader):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from dfir_ar.errors import UsageError
 from dfir_ar.executor import Executor, Result, protected_networks
 from dfir_ar.ledger import Ledger
 from dfir_ar.order import Order
+from dfir_ar.responder import Responder
 from dfir_ar.validate import IPNetwork
 
 log = logging.getLogger("dfir_ar.serve")
@@ -45,6 +46,7 @@ class Service:
         clock: Clock | None = None,
         protected: Sequence[IPNetwork] | None = None,
         control: bool = True,
+        responders: Mapping[str, type[Responder]] | None = None,
     ) -> None:
         self.config = config
         self.extra_alerts = tuple(extra_alerts)
@@ -55,6 +57,7 @@ class Service:
         self._decide_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._control_enabled = control
+        self._extra_responders = dict(responders or {})
         self.control: ControlServer | None = None
         self.ledger: Ledger | None = None
         self.executor: Executor | None = None
@@ -73,6 +76,8 @@ class Service:
         self.executor = Executor(
             self.config, self.ledger, clock=self.clock, protected=self.protected
         )
+        for name, cls in self._extra_responders.items():
+            self.executor.register_responder(name, cls)
         self.audit: AuditLog = self.executor.audit
         summary = self.executor.reconcile()
         self.sources = list(build_sources(self.config, self.ledger, list(self.extra_alerts)))

@@ -36,6 +36,7 @@ def test_serve_blocks_from_alerts_and_unblocks_on_time(tmp_path: Path) -> None:
         setup.append(wazuh_alert("203.0.113.10"), wazuh_alert("198.51.100.77", n=1))
         wait_for(lambda: setup.deny_lines() == ["ALL: 203.0.113.10"], 10, "the deny line")
         wait_for(lambda: setup.deny_lines() == [], 10, "the line to be removed")
+        wait_for(lambda: any(r["action"] == "delete" for r in setup.audit()), 5, "the record")
         [delete] = [r for r in setup.audit() if r["action"] == "delete"]
         details = delete["details"]
         assert isinstance(details, dict) and details["late"] <= 1.0  # at most 1 s late

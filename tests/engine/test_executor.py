@@ -193,10 +193,11 @@ def test_failed_add_rolls_back_the_intent(tmp_path: Path, clock: FakeClock) -> N
 
 def test_cursor_is_stored_with_the_intents(engine: Engine, clock: FakeClock) -> None:
     cursor = Cursor(source="file:/x", position="v1:1:1:42")
-    engine.executor.accept([order("203.0.113.30", clock=clock)], cursor=cursor)
+    engine.executor.accept([order("203.0.113.30", clock=clock)], cursor=cursor, wait=True)
     assert engine.ledger.load("file:/x") == cursor
     # An alert that produced no order still moves the cursor (it is consumed).
     engine.executor.accept([], cursor=Cursor(source="file:/x", position="v1:1:1:99"))
+    engine.executor.flush()
     assert engine.ledger.load("file:/x") == Cursor(source="file:/x", position="v1:1:1:99")
 
 

@@ -1,0 +1,188 @@
+"""bench/engine: alerts/s through parse, match and dispatch, next to plain json.loads of the same
+lines; and append-to-executed latency at 1,000 alerts/s.
+
+The engine path is the real one `dfir-ar serve` runs: FileTail (durable cursor) -> parser ->
+Pipeline (matcher, white list) -> Executor.accept (intent + cursor in one SQLite transaction) ->
+thread pool -> responder.add -> ledger "applied" + active-responses.log + audit record. Only the
+responder is a no-op (registered through the executor API, not an entry point), so the numbers
+are the engine's own cost. Targets (issue 2): >= 0.3 of the json.loads rate; p99 < 10 ms.
+
+    .venv/bin/python -m bench.engine [--alerts 20000] [--runs 3] [--latency-seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from dfir_ar.config.models import Config
+from dfir_ar.responder import Arg, Request, Responder, State
+from dfir_ar.service import Service
+
+
+def alert_line(i: int) -> str:
+    ip = ipaddress.IPv4Address(int(ipaddress.IPv4Address("198.18.0.0")) + 1 + i)
+    return json.dumps(
+        {
+            "timestamp": "2026-11-22T08:00:10.000+0000",
+            "rule": {"level": 10, "description": "sshd: brute force trying to get access",
+                     "id": "5712", "firedtimes": i + 1, "mail": False,
+                     "groups": ["syslog", "sshd", "authentication_failures"],
+                     "mitre": {"id": ["T1110"], "tactic": ["Credential Access"]}},
+            "agent": {"id": "000", "name": "bench"},
+            "manager": {"name": "bench"},
+            "id": f"1795334410.{i}",
+            "full_log": f"Nov 22 08:00:10 bench sshd[77]: Failed password for root from {ip} "
+                        "port 50000 ssh2",
+            "decoder": {"parent": "sshd", "name": "sshd"},
+            "data": {"srcip": str(ip), "srcport": "50000", "dstuser": "root"},
+            "location": "/var/log/auth.log",
+        },
+        separators=(",", ":"),
+    )
+
+
+class NoOp(Responder):
+    """Records when each key was executed; does nothing else."""
+
+    name: ClassVar[str] = "bench-noop"
+    expects: ClassVar[tuple[Arg, ...]] = (Arg.SRCIP,)
+    executed: ClassVar[dict[str, float]] = {}
+    done: ClassVar[threading.Event] = threading.Event()
+    expected: ClassVar[int] = 0
+
+    def key(self, request: Request) -> str:
+        return str(request.target.srcip)
+
+    def add(self, request: Request) -> State:
+        key = str(request.target.srcip)
+        NoOp.executed[key] = time.perf_counter()
+        if len(NoOp.executed) >= NoOp.expected:
+            NoOp.done.set()
+        return {}
+
+    def delete(self, request: Request, state: State) -> None:
+        pass
+
+
+def config(root: Path, alerts: Path) -> Config:
+    return Config.model_validate(
+        {
+            "global": {"state_dir": str(root / "state"), "log_dir": str(root / "log"),
+                       "active_response_dir": str(root / "bin"), "max_active_responses": 10**7,
+                       "control_socket": str(root / "c.sock")},
+            "command": [{"name": "noop", "executable": "bench-noop", "expect": ["srcip"],
+                         "timeout_allowed": True}],
+            "active_response": [{"command": "noop", "rules_id": [5712], "timeout": 3600}],
+            "source": [{"type": "file", "path": str(alerts), "start_at": "beginning"}],
+            "evidence": {"store": f"file://{root / 'evidence'}"},
+        }
+    )
+
+
+def reset(expected: int) -> None:
+    NoOp.executed = {}
+    NoOp.done = threading.Event()
+    NoOp.expected = expected
+
+
+def json_rate(lines: list[bytes]) -> float:
+    start = time.perf_counter()
+    for line in lines:
+        json.loads(line)
+    return len(lines) / (time.perf_counter() - start)
+
+
+def engine_rate(n: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        root = Path(tmp)
+        alerts = root / "alerts.json"
+        alerts.write_text("".join(alert_line(i) + "\n" for i in range(n)))
+        reset(n)
+        service = Service(config(root, alerts), protected=[], control=False,
+                          responders={"bench-noop": NoOp})
+        start = time.perf_counter()
+        service.start()
+        if not NoOp.done.wait(600):
+            raise SystemExit(f"only {len(NoOp.executed)}/{n} executed")
+        elapsed = time.perf_counter() - start
+        service.stop()
+        return n / elapsed
+
+
+def latency_run(rate: float, seconds: float) -> tuple[float, float, float, int]:
+    n = int(rate * seconds)
+    lines = [alert_line(i) + "\n" for i in range(n)]
+    keys = [str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("198.18.0.0")) + 1 + i))
+            for i in range(n)]
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        root = Path(tmp)
+        alerts = root / "alerts.json"
+        alerts.touch()
+        reset(n)
+        service = Service(config(root, alerts), protected=[], control=False,
+                          responders={"bench-noop": NoOp})
+        service.start()
+        time.sleep(0.5)  # let the tail open the file
+        appended: list[float] = [0.0] * n
+        interval = 1.0 / rate
+        with alerts.open("a") as fh:
+            t0 = time.perf_counter()
+            for i, line in enumerate(lines):
+                target = t0 + i * interval
+                while (now := time.perf_counter()) < target:
+                    if target - now > 0.0005:
+                        time.sleep(target - now - 0.0003)
+                appended[i] = time.perf_counter()
+                fh.write(line)
+                fh.flush()
+        if not NoOp.done.wait(60):
+            raise SystemExit(f"only {len(NoOp.executed)}/{n} executed")
+        service.stop()
+    lat = sorted((NoOp.executed[k] - appended[i]) * 1000 for i, k in enumerate(keys))
+    p50 = lat[len(lat) // 2]
+    p99 = lat[int(len(lat) * 0.99) - 1]
+    return p50, p99, lat[-1], n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--alerts", type=int, default=20_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--latency-seconds", type=float, default=5.0)
+    ap.add_argument("--rate", type=float, default=1000.0)
+    args = ap.parse_args()
+    lines = [alert_line(i).encode() for i in range(args.alerts)]
+    print(f"bench/engine: {args.alerts} Wazuh alerts.json lines "
+          f"(~{sum(map(len, lines)) // len(lines)} bytes each), {args.runs} runs")
+    json_rates, engine_rates = [], []
+    for run in range(args.runs):
+        json_rates.append(json_rate(lines))
+        engine_rates.append(engine_rate(args.alerts))
+        print(f"  run {run + 1}: json.loads {json_rates[-1]:,.0f}/s   "
+              f"dfir-ar tail+parse+match+dispatch {engine_rates[-1]:,.0f}/s")
+    j, e = statistics.median(json_rates), statistics.median(engine_rates)
+    print(f"median json.loads:      {j:,.0f} alerts/s")
+    print(f"median dfir-ar engine:  {e:,.0f} alerts/s")
+    print(f"ratio engine/json:      {e / j:.3f}   (target >= 0.3)")
+    p50s, p99s = [], []
+    for run in range(args.runs):
+        p50, p99, worst, n = latency_run(args.rate, args.latency_seconds)
+        p50s.append(p50)
+        p99s.append(p99)
+        print(f"  latency run {run + 1}: {n} alerts at {args.rate:.0f}/s: "
+              f"p50 {p50:.2f} ms  p99 {p99:.2f} ms  max {worst:.2f} ms")
+    print(f"median latency append->executed at {args.rate:.0f}/s: "
+          f"p50 {statistics.median(p50s):.2f} ms, p99 {statistics.median(p99s):.2f} ms "
+          "(target p99 < 10 ms)")
+
+
+if __name__ == "__main__":
+    main()
