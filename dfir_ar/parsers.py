@@ -414,6 +414,7 @@ def alert_from_ossec_block(lines: list[str]) -> Alert:
             fields[key] = m.group(2).strip()
         i += 1
     agent = origin.group("agent")
+    agent_ip = origin.group("aip")
     return Alert(
         rule_id=_rule_id(rule.group(1), "Rule"),
         level=_level(int(rule.group(2)), "level"),
@@ -423,7 +424,8 @@ def alert_from_ossec_block(lines: list[str]) -> Alert:
         description=rule.group(3),
         agent_id="" if agent is not None else MANAGER_AGENT_ID,
         agent_name=agent if agent is not None else (origin.group("host") or ""),
-        agent_ip=origin.group("aip"),
+        # Wazuh writes "(agent) any->..." when it does not know the agent's address.
+        agent_ip=None if agent_ip == "any" else agent_ip,
         srcip=fields.get("srcip") or None,
         srcuser=fields.get("srcuser") or None,
         dstuser=fields.get("dstuser") or None,

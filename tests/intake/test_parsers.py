@@ -80,6 +80,25 @@ def test_ossec_manager_alert_and_missing_blank_line() -> None:
     assert parsed[0].end == text.index(b"** Alert 1461258592")
 
 
+def test_wazuh_alerts_log_block() -> None:
+    """Wazuh 4 still writes alerts.log in the OSSEC layout, with 'any' for an unknown address
+    and decoded fields after the log line."""
+    text = (
+        b"** Alert 1614854589.1063: - pam,syslog,authentication_success,pci_dss_10.2.5,\n"
+        b"2021 Mar 04 10:03:09 (ubuntu-agent) any->/var/log/auth.log\n"
+        b"Rule: 5501 (level 3) -> 'PAM: Login session opened.'\n"
+        b"User: root\n"
+        b"Mar  4 10:03:08 ubuntu-agent sudo: pam_unix(sudo:session): session opened for user root\n"
+        b"uid: 0\n\n"
+    )
+    (p,) = parse_ossec_text(text)
+    a = p.item
+    assert isinstance(a, Alert)
+    assert (a.rule_id, a.level, a.agent_name, a.agent_ip, a.dstuser) == (
+        5501, 3, "ubuntu-agent", None, "root")
+    assert a.groups[-1] == "pci_dss_10.2.5" and a.full_log.endswith("uid: 0")
+
+
 def test_ossec_parser_refuses_stray_text_and_oversized_blocks() -> None:
     p = OssecBlockParser(max_bytes=200)
     out = p.feed(b"stray\n", 6)
