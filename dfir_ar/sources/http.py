@@ -8,7 +8,8 @@ lines (one alert a line), or with ``format = "ossec"`` alerts.log blocks. Answer
   records that did not parse are listed with their reason and never retried usefully.
 - 400 ``{"error": ..., "refused": [...]}``: nothing in the body was an alert.
 - 401 without the right bearer token (compared in constant time, checked before the body is read).
-- 404 other paths, 405 other methods, 411 without Content-Length, 413 over the body cap.
+- 404 other paths, 405 other methods, 411 without Content-Length, 413 over the body cap,
+  503 past ``max_connections`` open connections.
 
 Loopback by default; there is no TLS here, so a non-loopback ``listen`` belongs behind a TLS
 proxy (a warning says so). Sockets time out after ``request_timeout`` so a slow client cannot
@@ -17,6 +18,7 @@ hold a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -44,6 +46,11 @@ log = logging.getLogger(__name__)
 
 PATH = "/alerts"
 MIN_TOKEN = 16
+_BUSY_BODY = b'{"error": "too many connections; retry"}'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -82,6 +89,24 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     source: HttpSource
     handle_alert: Handler
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # One thread per connection, but a bounded number: past the cap a client gets an
+        # immediate 503 instead of a thread (idle or unauthenticated floods cannot pile up).
+        if not self.slots.acquire(blocking=False):
+            self.source.count("busy")
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class _Server6(_Server):
@@ -192,6 +217,7 @@ class HttpSource:
         max_alert_bytes: int = DEFAULT_MAX_ALERT_BYTES,
         max_body_bytes: int | None = None,
         request_timeout: float = 10.0,
+        max_connections: int = 64,
     ) -> None:
         self.name = name
         self.host, self.port = parse_listen(listen)
@@ -200,6 +226,7 @@ class HttpSource:
         self.max_alert_bytes = max_alert_bytes
         self.max_body_bytes = max_body_bytes or max_alert_bytes * 64
         self.request_timeout = request_timeout
+        self.max_connections = max_connections
         self.lock = threading.Lock()
         """Held while calling the handler: the engine sees one alert at a time from this source."""
         self.ready = threading.Event()
@@ -252,6 +279,7 @@ class HttpSource:
                 "change listen in the [[source]] block"
             ) from None
         server.source = self
+        server.slots = threading.BoundedSemaphore(self.max_connections)
         server.handle_alert = handle
         bound = server.server_address
         self.address = (str(bound[0]), int(bound[1]))

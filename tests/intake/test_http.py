@@ -159,3 +159,27 @@ def test_ipv6_loopback_and_port_in_use(run_source: Callable[..., Running]) -> No
     r = run_source(taken, Recorder(), wait=False)
     r.thread.join(5)
     assert isinstance(r.error, TransportError) and "cannot listen" in str(r.error)
+
+
+def test_connection_cap_answers_503_instead_of_piling_up_threads(
+    run_source: Callable[..., Running],
+) -> None:
+    source = HttpSource("http:cap", "127.0.0.1:0", TOKEN, max_connections=2, request_timeout=5)
+    rec = Recorder()
+    run_source(source, rec)
+    assert source.address is not None
+    idle = [socket.create_connection(source.address, timeout=5) for _ in range(2)]
+    try:
+        with socket.create_connection(source.address, timeout=5) as third:
+            reply = third.recv(4096)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and json.loads(body)["error"]
+    finally:
+        for s in idle:
+            s.close()
+    # The idle connections are gone: a request gets a thread again.
+    for _ in range(100):
+        status, _ = post(source, wazuh_line())
+        if status == 202:
+            break
+    assert status == 202 and source.counters["busy"] == 1
