@@ -103,27 +103,51 @@ def wazuh_home_logs(invoked_as: str) -> Path:
 # -- pure parts ------------------------------------------------------------------------------
 
 
-def split_plugin_arg(extra_args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """``--plugin NAME`` (or ``--plugin=NAME``) out of execd's extra_args; the rest stays."""
-    rest: list[str] = []
+@dataclass(frozen=True)
+class OwnArgs:
+    """The extra_args wazuh-ar itself takes (the rest goes to the plug-in)."""
+
     plugin: str | None = None
+    timeout: float | None = None
+    """Seconds for backends with kernel expiry (firewall-drop): the block lapses by itself even
+    if execd dies and never sends the delete (execd keeps its timers in memory only)."""
+    rest: tuple[str, ...] = ()
+
+
+MAX_TIMEOUT = 10 * 365 * 86400.0
+
+
+def split_own_args(extra_args: Sequence[str]) -> OwnArgs:
+    """``--plugin NAME`` and ``--timeout SECONDS`` (also ``--name=value``) out of extra_args."""
+    rest: list[str] = []
+    found: dict[str, str] = {}
     i = 0
     args = list(extra_args)
     while i < len(args):
-        arg = args[i]
-        if arg == "--plugin":
-            if i + 1 >= len(args):
-                raise InvalidArgument("extra_args: --plugin needs a name")
-            plugin = args[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--plugin="):
-            plugin = arg.split("=", 1)[1]
+        name, eq, value = args[i].partition("=")
+        if name not in ("--plugin", "--timeout"):
+            rest.append(args[i])
             i += 1
             continue
-        rest.append(arg)
+        if not eq:
+            if i + 1 >= len(args):
+                raise InvalidArgument(f"extra_args: {name} needs a value")
+            value = args[i + 1]
+            i += 1
+        found[name] = value
         i += 1
-    return plugin, rest
+    timeout: float | None = None
+    if "--timeout" in found:
+        try:
+            timeout = float(found["--timeout"])
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout <= MAX_TIMEOUT:
+            raise InvalidArgument(
+                f"extra_args: --timeout {found['--timeout']!r} is not a number of seconds "
+                f"between 0 and {MAX_TIMEOUT:.0f}"
+            )
+    return OwnArgs(plugin=found.get("--plugin"), timeout=timeout, rest=tuple(rest))
 
 
 def state_path(state_dir: Path, plugin: str, key: str) -> Path:
@@ -280,6 +304,7 @@ class Run:
     plugin: str
     message: wazuh_protocol.Message
     extra_args: list[str]
+    timeout: float | None
     logs: Logs
     reader: wazuh_protocol.FdLineReader
     """stdin; one reader for the whole run, so a line already buffered is never lost."""
@@ -354,7 +379,8 @@ def _request(run: Run, expects: Sequence[str]) -> tuple[Request, Alert]:
         command=run.plugin,
         target=target,
         order_id=new_id(),
-        timeout=None,  # execd owns the timer and runs the delete itself
+        # execd owns the timer and runs the delete; --timeout adds a kernel-side expiry.
+        timeout=run.timeout,
         extra_args=tuple(run.extra_args),
         alert=alert,
     )
@@ -650,8 +676,8 @@ def run_wazuh_ar(
         if line is None:
             raise InvalidArgument("stdin is empty; execd writes one JSON line")
         message = wazuh_protocol.parse_message(line, expect=wazuh_protocol.INPUT_COMMANDS)
-        from_args, rest = split_plugin_arg(message.parameters.extra_args)
-        chosen = plugin_opt or from_args or plugin_from_name(invoked_as)
+        own = split_own_args(message.parameters.extra_args)
+        chosen = plugin_opt or own.plugin or plugin_from_name(invoked_as)
         if not chosen:
             raise UsageError(
                 "cannot tell which plug-in to run: pass --plugin NAME, put --plugin NAME in the "
@@ -670,7 +696,8 @@ def run_wazuh_ar(
             registry=load_only(plugin),
             plugin=plugin,
             message=message,
-            extra_args=rest,
+            extra_args=list(own.rest),
+            timeout=own.timeout,
             logs=logs,
             reader=reader,
             stdout=stdout or sys.stdout.buffer,

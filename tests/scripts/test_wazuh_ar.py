@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from dfir_ar.arlog import read_audit
-from dfir_ar.cli.wazuh_ar import build_target, plugin_from_name, split_plugin_arg, state_path
+from dfir_ar.cli.wazuh_ar import build_target, plugin_from_name, split_own_args, state_path
 from dfir_ar.config.models import CommandConfig, Protocol
 from dfir_ar.errors import InvalidAddress, InvalidArgument
 from dfir_ar.responder import Request, ResponderContext, Target
@@ -454,12 +454,15 @@ def test_generic_link_takes_the_plugin_from_extra_args(wazuh: WazuhHome, execd_e
         assert wazuh.deny_lines() == []
 
 
-def test_split_plugin_arg() -> None:
-    assert split_plugin_arg(["--plugin", "pcap", "--duration", "5"]) == ("pcap", ["--duration", "5"])
-    assert split_plugin_arg(["--plugin=yara"]) == ("yara", [])
-    assert split_plugin_arg(["-v"]) == (None, ["-v"])
-    with pytest.raises(InvalidArgument):
-        split_plugin_arg(["--plugin"])
+def test_split_own_args() -> None:
+    own = split_own_args(["--plugin", "pcap", "--duration", "5"])
+    assert (own.plugin, own.timeout, own.rest) == ("pcap", None, ("--duration", "5"))
+    own = split_own_args(["--plugin=yara", "--timeout=660"])
+    assert (own.plugin, own.timeout, own.rest) == ("yara", 660.0, ())
+    assert split_own_args(["-v"]).rest == ("-v",)
+    for bad in (["--plugin"], ["--timeout", "soon"], ["--timeout", "-5"], ["--timeout=nan"]):
+        with pytest.raises(InvalidArgument):
+            split_own_args(bad)
 
 
 def test_build_target_validates_expected_and_drops_bad_extras() -> None:
