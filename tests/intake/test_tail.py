@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from dfir_ar.alert import Alert
 from dfir_ar.sources import build_sources, file_source_name
 from dfir_ar.sources.tail import FilePosition, FileTail
@@ -30,11 +32,16 @@ def append(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def test_appended_lines_are_picked_up_fast_and_partial_lines_wait(tmp_path: Path, run_source: Start) -> None:
+@pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "polling"])
+def test_appended_lines_are_picked_up_fast_and_partial_lines_wait(
+    tmp_path: Path, run_source: Start, inotify: bool
+) -> None:
     path = tmp_path / "alerts.json"
     path.write_bytes(b"")
     rec = Recorder(JsonCursorStore(tmp_path / "cursors.json"))
-    run_source(tail(path, rec.store), rec)  # type: ignore[arg-type]
+    source = tail(path, rec.store, use_inotify=inotify)  # type: ignore[arg-type]
+    run_source(source, rec)
+    assert (source.waker is not None) is inotify
     time.sleep(0.05)
     latencies = []
     for n in range(20):
@@ -90,11 +97,14 @@ def test_a_crash_in_the_handler_loses_and_repeats_nothing(tmp_path: Path, run_so
     assert ids(again) == [f"1795334410.{n}" for n in range(3, 6)]
 
 
-def test_rotation_finishes_the_old_file_then_reads_the_new_one(tmp_path: Path, run_source: Start) -> None:
+@pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "polling"])
+def test_rotation_finishes_the_old_file_then_reads_the_new_one(
+    tmp_path: Path, run_source: Start, inotify: bool
+) -> None:
     path = tmp_path / "alerts.json"
     path.write_bytes(b"")
     rec = Recorder(JsonCursorStore(tmp_path / "cursors.json"))
-    run_source(tail(path, rec.store), rec)  # type: ignore[arg-type]
+    run_source(tail(path, rec.store, use_inotify=inotify), rec)  # type: ignore[arg-type]
     append(path, wazuh_line(n=0))
     rec.wait_for(1)
     with path.open("ab") as old:
@@ -222,8 +232,6 @@ def test_build_sources_from_config_and_extra_paths(tmp_path: Path) -> None:
     assert [s.name for s in sources] == [
         f"file:{tmp_path / 'a.json'}", "http:127.0.0.1:0", "stdin", f"file:{tmp_path / 'b.log'}"
     ]
-    import pytest
-
     from dfir_ar.errors import ConfigError
 
     with pytest.raises(ConfigError, match="already followed"):
