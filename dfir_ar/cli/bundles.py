@@ -4,12 +4,17 @@ dfir_ar/cli/bundles_remote.py when that module exists (see ``_add_remote_command
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dfir_ar.cli.common import config_option, json_option, print_json
 from dfir_ar.errors import VerificationFailed
+
+if TYPE_CHECKING:
+    from dfir_ar.evidence.verify import VerifyReport
 
 
 @click.group("bundles")
@@ -79,6 +84,27 @@ def verify(files: tuple[str, ...], key: Path | None, allow_unsigned: bool,
     failed = sum(not r.ok for r in reports)
     if failed:
         raise VerificationFailed(f"{failed} of {len(reports)} bundle(s) failed verification")
+
+
+SHOW_PROGRESS_FROM = 64 * 1024 * 1024
+
+
+def _verify_one(verify_bundle: Any, path: Path, key: Path | None,
+                allow_unsigned: bool) -> VerifyReport:
+    """Verify one file, with a progress bar on a terminal for big bundles (GBs of pcap)."""
+    size = path.stat().st_size
+    if size < SHOW_PROGRESS_FROM or not sys.stderr.isatty():
+        report: VerifyReport = verify_bundle(path, key, allow_unsigned=allow_unsigned)
+        return report
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"verifying {path.name}", total=size)
+        report = verify_bundle(path, key, allow_unsigned=allow_unsigned,
+                               progress=lambda done: bar.update(task, completed=done))
+    return report
 
 
 def _add_remote_commands() -> None:

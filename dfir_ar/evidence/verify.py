@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO, cast
 
 from pydantic import ValidationError
 
@@ -33,6 +35,7 @@ from dfir_ar.evidence.manifest import ArtifactEntry, Manifest
 _READ = 1024 * 1024
 MAX_MANIFEST = 64 * 1024 * 1024
 MAX_SIGNATURE = 4096
+_AFTER_TAR_LIMIT = 1024 * 1024
 
 
 @dataclass
@@ -67,71 +70,111 @@ class _Corrupt(Exception):
     pass
 
 
-class _FrameReader(io.RawIOBase):
-    """Decompresses exactly one zstd frame from ``raw``; errors (bad block, checksum mismatch,
-    truncation, bytes after the frame) surface as _Corrupt from read()."""
+def frame_length(raw: BinaryIO, size: int) -> int:
+    """Length in bytes of the zstd frame at offset 0, from its block headers alone (RFC 8878).
 
-    def __init__(self, raw: io.BufferedReader) -> None:
-        import zstandard
+    Why walk the structure: python-zstandard's bounded-memory reader neither reports where a
+    frame ended nor complains about a truncated one, and the unbounded decompressobj lets a
+    small hostile archive expand to gigabytes in one call. Raises _Corrupt on a bad structure.
+    """
+    raw.seek(0)
+    head = raw.read(18)
+    if len(head) < 6 or head[:4] != ZSTD_MAGIC:
+        raise _Corrupt(
+            f"archive starts with {head[:4].hex() or 'nothing'}, not zstd's magic "
+            f"{ZSTD_MAGIC.hex()} (wrong file? a bundle is <bundle_id>.tar.zst)"
+        )
+    fhd = head[4]
+    if fhd & 0x08:
+        raise _Corrupt("zstd frame header has its reserved bit set")
+    single = bool(fhd & 0x20)
+    did_size = (0, 1, 2, 4)[fhd & 0x03]
+    fcs_flag = fhd >> 6
+    fcs_size = (1 if single else 0) if fcs_flag == 0 else (2, 4, 8)[fcs_flag - 1]
+    offset = 5 + (0 if single else 1) + did_size + fcs_size
+    while True:
+        raw.seek(offset)
+        block = raw.read(3)
+        if len(block) < 3:
+            raise _Corrupt(f"archive is truncated: zstd block header at offset {offset} is cut")
+        value = int.from_bytes(block, "little")
+        last, kind, bsize = value & 1, (value >> 1) & 3, value >> 3
+        if kind == 3:
+            raise _Corrupt(f"zstd block at offset {offset} has the reserved block type")
+        offset += 3 + (1 if kind == 1 else bsize)
+        if offset > size:
+            raise _Corrupt(f"archive is truncated: a zstd block runs past the end ({size} bytes)")
+        if last:
+            break
+    if fhd & 0x04:
+        offset += 4  # content checksum
+    if offset > size:
+        raise _Corrupt("archive is truncated: the zstd content checksum is cut")
+    return offset
 
+
+class _HashingRegion(io.RawIOBase):
+    """Exactly ``length`` bytes of ``raw`` from offset 0, hashed as they are read."""
+
+    def __init__(self, raw: BinaryIO, length: int,
+                 progress: Callable[[int], None] | None) -> None:
         self._raw = raw
-        self._hash = hashlib.sha256()
-        self._zstd_error = zstandard.ZstdError
-        self._dobj = zstandard.ZstdDecompressor().decompressobj()
-        self._buf = b""
-        self._pos = 0
-        self._done = False
+        self.remaining = length
+        self.hash = hashlib.sha256()
+        self._progress = progress
+        self._done = 0
+        raw.seek(0)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
         view = memoryview(b).cast("B")
-        while self._pos >= len(self._buf):
-            if self._done:
-                return 0
-            self._fill()
-        n = min(len(view), len(self._buf) - self._pos)
-        view[:n] = self._buf[self._pos : self._pos + n]
-        self._pos += n
-        return n
+        n = min(len(view), self.remaining)
+        if n <= 0:
+            return 0
+        got = self._raw.readinto(view[:n])  # type: ignore[attr-defined]
+        if not got:
+            return 0
+        self.hash.update(view[:got])
+        self.remaining -= got
+        self._done += got
+        if self._progress is not None:
+            self._progress(self._done)
+        return int(got)
 
-    def _fill(self) -> None:
-        chunk = self._raw.read(_READ)
-        if not chunk:
-            if not self._dobj.eof:
-                raise _Corrupt("archive is truncated: the zstd frame does not end")
-            self._done = True
-            self._buf, self._pos = b"", 0
-            return
+
+class _Decompressed(io.RawIOBase):
+    """Decompressed bytes with bounded memory; zstd errors become _Corrupt."""
+
+    def __init__(self, region: _HashingRegion) -> None:
+        import zstandard
+
+        self._error = zstandard.ZstdError
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], region), read_size=_READ, read_across_frames=False, closefd=False
+        )
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
         try:
-            out = self._dobj.decompress(chunk)
-        except self._zstd_error as exc:
+            data = self._reader.read(len(view))
+        except self._error as exc:
             raise _Corrupt(f"archive is corrupt: zstd says {exc}") from None
-        if self._dobj.eof:
-            # python-zstandard checked the frame's content checksum when the frame ended.
-            rest = self._dobj.unused_data
-            self._hash.update(chunk[: len(chunk) - len(rest)])
-            self._check_trailer(rest + self._raw.read(TRAILER_SIZE + 1 - len(rest)))
-            self._done = True
-        else:
-            self._hash.update(chunk)
-        self._buf, self._pos = out, 0
+        view[: len(data)] = data
+        return len(data)
 
-    def _check_trailer(self, tail: bytes) -> None:
-        if len(tail) < TRAILER_SIZE:
-            raise _Corrupt("archive trailer (SHA-256 of the compressed frame) is missing or cut")
-        if len(tail) > TRAILER_SIZE:
-            raise _Corrupt("archive has bytes after its trailer")
-        if tail != trailer(self._hash.digest()):
-            raise _Corrupt(
-                "archive trailer does not match the SHA-256 of the compressed frame "
-                "(the compressed bytes or the trailer were altered)"
-            )
-
-    def drain(self) -> None:
-        while self.read(_READ):
-            pass
+    def drain(self, limit: int) -> None:
+        """Read to the end of the frame; a tar stream ends with < 10 KiB of zero padding, so
+        more than ``limit`` bytes past it is an oddity (or a decompression bomb): stop."""
+        seen = 0
+        while chunk := self.read(_READ):
+            seen += len(chunk)
+            if seen > limit:
+                raise _Corrupt(f"archive holds more than {limit} bytes after the end of its tar")
 
 
 def verify_bundle(
@@ -139,8 +182,11 @@ def verify_bundle(
     public_key_path: Path | None = None,
     *,
     allow_unsigned: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Verify ``<id>.tar.zst``. With a key, an unsigned bundle fails unless ``allow_unsigned``."""
+    """Verify ``<id>.tar.zst``. With a key, an unsigned bundle fails unless ``allow_unsigned``.
+
+    ``progress`` is called with the number of archive bytes read so far."""
     from dfir_ar.evidence import signing
 
     report = VerifyReport(path=path, ok=False, problems=[], manifest=None)
@@ -150,19 +196,10 @@ def verify_bundle(
     except OSError as exc:
         raise EvidenceError(f"cannot open bundle {path}: {exc.strerror or exc}") from exc
     with raw:
-        header = raw.read(len(ZSTD_MAGIC))
-        raw.seek(0)
-        if header != ZSTD_MAGIC:
-            report.problems.append(
-                f"archive starts with {header.hex() or 'nothing'}, not zstd's magic "
-                f"{ZSTD_MAGIC.hex()} (wrong file, or its first bytes were altered)"
-            )
-        reader = _FrameReader(raw)
         signature: bytes | None = None
         manifest_bytes: bytes | None = None
         try:
-            manifest_bytes, signature = _walk(io.BufferedReader(reader, _READ), report)
-            reader.drain()
+            manifest_bytes, signature = _read_archive(raw, report, progress)
         except _Corrupt as exc:
             report.problems.append(str(exc))
         except (tarfile.TarError, EOFError) as exc:
@@ -173,7 +210,36 @@ def verify_bundle(
     return report
 
 
-def _walk(stream: io.BufferedReader, report: VerifyReport) -> tuple[bytes | None, bytes | None]:
+def _read_archive(raw: BinaryIO, report: VerifyReport,
+                  progress: Callable[[int], None] | None) -> tuple[bytes | None, bytes | None]:
+    size = os.fstat(raw.fileno()).st_size
+    if size < TRAILER_SIZE + 9:
+        raise _Corrupt(f"archive is {size} bytes: too short to be a bundle")
+    length = frame_length(raw, size)
+    raw.seek(length)
+    tail = raw.read()
+    if len(tail) != TRAILER_SIZE or tail[:8] != trailer(b"\0" * 32)[:8]:
+        raise _Corrupt(
+            f"archive has {len(tail)} bytes after its zstd frame where a {TRAILER_SIZE}-byte "
+            "dfir-ar trailer belongs (extended, cut, or not a dfir-ar bundle)"
+        )
+    region = _HashingRegion(raw, length, progress)
+    stream = _Decompressed(region)
+    buffered = io.BufferedReader(stream, _READ)
+    result = _walk(buffered, report)
+    buffered.read(_READ)  # what the buffer holds past the tar end counts toward the limit
+    stream.drain(_AFTER_TAR_LIMIT)  # the content checksum is checked when the frame's last block is decoded
+    if region.remaining:
+        raise _Corrupt("archive is corrupt: zstd stopped before the end of its frame")
+    if tail != trailer(region.hash.digest()):
+        raise _Corrupt(
+            "archive trailer does not match the SHA-256 of the compressed frame "
+            "(the compressed bytes or the trailer were altered)"
+        )
+    return result
+
+
+def _walk(stream: io.BufferedIOBase, report: VerifyReport) -> tuple[bytes | None, bytes | None]:
     manifest_bytes: bytes | None = None
     signature: bytes | None = None
     expected: dict[str, ArtifactEntry] = {}

@@ -263,3 +263,28 @@ def test_recover_finishes_a_seal_interrupted_after_the_manifest(spool_dir: Path)
     assert sorted(p.name for p in (spool_dir / "ready").iterdir()) == sorted(
         [f"{w.bundle_id}.tar.zst", f"{w.bundle_id}.manifest.json"]
     )
+
+
+def test_decompression_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    import time
+
+    from dfir_ar.evidence.bundle import new_compressor, trailer
+
+    cobj = new_compressor().compressobj()
+    parts = [cobj.compress(b"\0" * (1 << 24)) for _ in range(16)]
+    frame = b"".join([*parts, cobj.flush()])
+    path = tmp_path / "bomb.tar.zst"
+    path.write_bytes(frame + trailer(hashlib.sha256(frame).digest()))
+    t0 = time.monotonic()
+    report = verify_bundle(path)
+    assert time.monotonic() - t0 < 5
+    assert not report.ok
+    assert any("after the end of its tar" in p for p in report.problems)
+
+
+def test_wrong_file_is_named(spool_dir: Path) -> None:
+    path = _small_bundle(spool_dir)
+    sidecar = path.with_name(path.name.replace(".tar.zst", ".manifest.json"))
+    report = verify_bundle(sidecar)
+    assert not report.ok
+    assert any("not zstd's magic" in p for p in report.problems)
