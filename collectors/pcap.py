@@ -199,6 +199,16 @@ class Pcap(Collector):
 
         if importlib.util.find_spec("scapy") is None:
             raise PluginUnavailable("pcap: scapy is not installed", hint="pip install 'dfir-ar[pcap]'")
+        # scapy compiles BPF through libpcap; without it every capture would fail at alert time.
+        # Load it by soname (ctypes.util.find_library would shell out to ldconfig).
+        for soname in ("libpcap.so.0.8", "libpcap.so.1", "libpcap.so"):
+            try:
+                ctypes.CDLL(soname)
+                return
+            except OSError:
+                continue
+        raise PluginUnavailable("pcap: libpcap is not installed",
+                                hint="apt-get install libpcap0.8 (or your distro's libpcap)")
 
     def collect(self, job: CollectJob, sink: ArtifactSink) -> Outcome:
         srcip = job.target.srcip
