@@ -123,3 +123,29 @@ def test_bundles_verify_cli_exit_codes_and_json(
     assert [d["ok"] for d in docs] == [True, False]
     assert docs[0]["manifest"]["bundle_id"] == path.name.split(".")[0]
     assert docs[1]["problems"]
+
+
+def test_standard_tools_read_and_check_a_bundle(spool_dir: Path, tmp_path: Path) -> None:
+    """An analyst without dfir-ar: tar + zstd extract it (the trailer is a skippable frame),
+    openssl checks the signature, sha256sum the artifacts."""
+    import hashlib
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    require_tool("tar", "zstd", "openssl")
+    path = _signed_bundle(spool_dir, tmp_path / "k")
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(path), "-C", str(out)], check=True, timeout=30)
+    subprocess.run(["zstd", "-tq", str(path)], check=True, timeout=30)
+    done = subprocess.run(
+        ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "k" / "signing.pub"),
+         "-rawin", "-in", str(out / "manifest.json"), "-sigfile", str(out / "manifest.sig")],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = json.loads((out / "manifest.json").read_bytes())
+    for entry in manifest["artifacts"]:
+        data = (out / entry["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
