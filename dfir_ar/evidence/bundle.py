@@ -199,6 +199,8 @@ class BundleWriter:
         self.tools = tool_versions()
         self.stop_reason = ""
         """Set when the writer itself stopped a collector (cap, disk floor, seal)."""
+        self.cap_reason: str | None = None
+        """What the byte cap stands for, when it is not the bundle size (e.g. spool quota)."""
         self._lock = threading.RLock()
         self._written = 0
         self._next_disk_check = 0
@@ -292,7 +294,7 @@ class BundleWriter:
         if self._sealed:
             raise ByteCapReached("bundle sealed (collector abandoned at its deadline)")
         if self._written + n > self.max_bytes:
-            reason = f"byte cap reached ({self.max_bytes} bytes)"
+            reason = self.cap_reason or f"byte cap reached ({self.max_bytes} bytes)"
             self.stop_reason = self.stop_reason or reason
             raise ByteCapReached(reason)
         if self._written + n >= self._next_disk_check:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from dfir_ar.collector import ByteCapReached, CollectJob, Collector, Outcome, Status
 from dfir_ar.errors import DfirArError
-from dfir_ar.evidence.bundle import BundleResult, BundleWriter
+from dfir_ar.evidence.bundle import BundleResult, BundleWriter, MiB
 from dfir_ar.evidence.manifest import Trigger, module_version
 
 if TYPE_CHECKING:
@@ -42,9 +42,23 @@ def run_collection(
 ) -> BundleResult:
     """Run ``collector`` under ``job``'s deadline and byte cap; always return a sealed bundle.
 
-    Raises EvidenceError only if the bundle itself cannot be written (spool unwritable).
+    Raises SpoolFull (a StateError) when the spool is already at its quota, and EvidenceError
+    if the bundle itself cannot be written (spool unwritable).
     """
-    writer = BundleWriter.for_config(config, trigger, max_bytes=job.max_bytes)
+    from dfir_ar.evidence.spool import check_spool_quota, spool_usage
+
+    # Nothing is collected into a full spool (SpoolFull says so, loudly); otherwise the bundle
+    # may use what is left of the quota, so bundles waiting for the store cannot fill the disk.
+    check_spool_quota(config)
+    quota_left = config.evidence.spool_quota_mb * MiB - spool_usage(config.spool_dir)
+    cap = min(job.max_bytes, config.evidence.max_bundle_mb * MiB)
+    reason = None
+    if quota_left < cap:
+        cap = max(0, quota_left)
+        reason = (f"spool quota reached (evidence.spool_quota_mb = "
+                  f"{config.evidence.spool_quota_mb}; bundles are waiting for upload)")
+    writer = BundleWriter.for_config(config, trigger, max_bytes=cap)
+    writer.cap_reason = reason
     return run_with_writer(collector, job, writer, grace=grace)
 
 

@@ -159,3 +159,26 @@ def test_signed_by_config_key_and_trigger_from_order(tmp_path: Path) -> None:
                                       operator="alice"))
     assert manual.operator == "alice" and manual.alert_id is None
     assert AgentInfo.current(config).id == "007"
+
+
+def test_spool_quota_caps_the_bundle_and_a_full_spool_refuses(tmp_path: Path) -> None:
+    from dfir_ar.errors import StateError
+
+    config = _config(tmp_path, spool_quota_mb=1)
+    ready = config.spool_dir / "ready"
+    ready.mkdir(parents=True)
+    waiting = ready / "01AAAAAAAAAAAAAAAAAAAAAAAA.tar.zst"
+    # Just under 1 MiB already waiting for upload (allocated blocks are what count).
+    waiting.write_bytes(b"w" * ((1 << 20) - 4096))
+
+    class Big(Writes):
+        chunks = 100
+
+    result, m = _run(tmp_path, Big, config=config)
+    assert result.status is Status.PARTIAL
+    assert "spool quota" in m.collectors[0].reason
+    # Now at (or past) the quota: nothing new is collected, and the error says why.
+    waiting.write_bytes(b"w" * (2 << 20))
+    with pytest.raises(StateError, match="spool_quota_mb"):
+        run_collection(Big(CollectorContext(state_dir=tmp_path)), _job(),
+                       trigger=Trigger(), config=config)
