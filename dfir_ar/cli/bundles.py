@@ -58,7 +58,7 @@ def verify(files: tuple[str, ...], key: Path | None, allow_unsigned: bool,
     reports = []
     with verify_targets(files, config_file) as targets:
         for path, upload_problems in targets:
-            report = verify_bundle(path, key, allow_unsigned=allow_unsigned)
+            report = _verify_one(verify_bundle, path, key, allow_unsigned)
             # A bundle fetched by ID is also checked against the SHA-256 recorded at upload.
             report.problems[:0] = upload_problems
             report.ok = report.ok and not upload_problems
