@@ -28,7 +28,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dfir_ar.errors import InvalidArgument, PluginUnavailable, Refused
+from dfir_ar.errors import DfirArError, InvalidArgument, PluginUnavailable, Refused
 from dfir_ar.netfilter import BackendName, Block, FirewallBackend, make_backend, tools_present
 from dfir_ar.responder import (
     Arg,
@@ -222,6 +222,30 @@ class FirewallDrop(Responder):
                 out.append(Block(addr, None if deadline is None else max(deadline - now, 1.0)))
         return out
 
+    def _write(self, blocks: list[Block]) -> None:
+        """Add to the kernel; if that fails because our structure was purged, rebuild it with
+        every block held (the new one is already claimed). Called with the claims lock held."""
+        try:
+            self.backend.add(blocks)
+        except DfirArError:
+            if self.backend.intact():
+                raise
+            self.context.log.warning(
+                "firewall-drop: %s was removed by someone else; restoring it",
+                self.backend.describe(),
+            )
+            self._replace_from_claims()
+
+    def _unwrite(self, addrs: list[IPAddress]) -> None:
+        """Remove from the kernel; a purged structure means nothing of ours is enforced, so it
+        is rebuilt from the claims (the released one is no longer among them)."""
+        try:
+            self.backend.delete(addrs)
+        except DfirArError:
+            if self.backend.intact():
+                raise
+            self._replace_from_claims()
+
     # -- the responder contract --------------------------------------------------------------
 
     def key(self, request: Request) -> str:
@@ -237,7 +261,7 @@ class FirewallDrop(Responder):
         with self.claims.lock:
             self._ensure()
             self.claims.claim(request.command, addr, self._deadline(request.timeout))
-            self.backend.add(self._blocks([addr]))
+            self._write(self._blocks([addr]))
         self.context.log.info("firewall-drop: blocked %s (%s)", addr, self.backend.name)
         return self._state(addr)
 
@@ -259,7 +283,7 @@ class FirewallDrop(Responder):
                     result.added.append((request, self._state(addr)))
             if addrs:
                 self._ensure()
-                self.backend.add(self._blocks(dict.fromkeys(addrs)))
+                self._write(self._blocks(dict.fromkeys(addrs)))
         return result
 
     def delete(self, request: Request, state: State) -> None:
@@ -270,11 +294,11 @@ class FirewallDrop(Responder):
             still = self._blocks([addr])
             if still:
                 # Another command still holds this address: keep it, with that command's time.
-                self.backend.add(still)
+                self._write(still)
                 self.context.log.info(
                     "firewall-drop: %s stays blocked (held by another command)", addr)
                 return
-            self.backend.delete([addr])
+            self._unwrite([addr])
         self.context.log.info("firewall-drop: unblocked %s (%s)", addr, self.backend.name)
 
     def refresh(self, request: Request, state: State, timeout: float | None) -> None:
@@ -284,7 +308,7 @@ class FirewallDrop(Responder):
         with self.claims.lock:
             self._ensure()
             self.claims.claim(request.command, addr, self._deadline(timeout))
-            self.backend.add(self._blocks([addr]))
+            self._write(self._blocks([addr]))
 
     def active(self) -> set[str]:
         return {str(a) for a in self.backend.active()}

@@ -16,6 +16,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import ClassVar
 
+from dfir_ar.errors import ExecutionError
 from dfir_ar.netfilter import xtables
 from dfir_ar.netfilter.base import Block, FirewallBackend
 from dfir_ar.validate import IPAddress, IPNetwork
@@ -79,8 +80,9 @@ class IptablesBackend(FirewallBackend):
                 continue
             state = self._read(family)
             if state is None:
-                self.ensure()
-                state = self._read(family) or ([], [])
+                # ensure() ran before the first add, so a missing chain means someone purged it;
+                # the responder rebuilds it with every block it holds, not just these.
+                raise ExecutionError(f"{xtables.tool(family)} chain {self.chain} is missing")
             present = set(state[1])
             new = [self._drop_rule(a) for a in addrs if a not in present]
             if new:

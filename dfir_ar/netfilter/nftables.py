@@ -203,12 +203,8 @@ class NftablesBackend(FirewallBackend):
         cmds = self._add_cmds(_dedup(blocks))
         if not cmds:
             return
-        try:
-            self.nft.run(cmds)
-        except NftError:
-            # The table may have been purged (`nft flush ruleset`): re-create it in the same
-            # transaction and try once more; a second failure is real and propagates.
-            self.nft.run([*self._structure(), *cmds])
+        # A purged table makes this fail; FirewallDrop then rebuilds from what it holds.
+        self.nft.run(cmds)
 
     def delete(self, addrs: Sequence[IPAddress]) -> None:
         by_set: dict[str, list[str]] = {"block4": [], "block6": []}
@@ -225,9 +221,9 @@ class NftablesBackend(FirewallBackend):
         try:
             self.nft.run(cmds)
         except NftError:
-            if self._table_exists():
+            if self._table_exists() and self.intact():
                 raise
-            # No table: nothing of ours is blocked, which is what delete wants.
+            # No table or sets: nothing of ours is blocked, which is what delete wants.
 
     def active(self) -> dict[IPAddress, float | None]:
         out: dict[IPAddress, float | None] = {}

@@ -96,6 +96,16 @@ def test_purged_ruleset_is_detected_and_repaired(
         assert agent(fw.active) == {pair.a4}
         assert not pair.ping_ok(pair.b4), "repair restored the block"
         assert agent(fw.check_and_repair, live) is False
+
+        # Purged again, and the next thing that happens is a new block: the add itself
+        # notices, rebuilds, and restores the block it already held.
+        agent_run(pair, "nft", "flush", "ruleset")
+        if backend == "ipset":
+            agent_run(pair, "ipset", "destroy")
+        agent(fw.add, req(pair.a6, timeout=120))
+        assert agent(fw.active) == {pair.a4, pair.a6}
+        assert agent(fw.backend.intact)
+        assert not pair.ping_ok(pair.b4) and not pair.ping_ok(pair.b6)
     finally:
         agent(fw.teardown)
 
