@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -85,17 +86,33 @@ def throughput(data: bytes, reps: int) -> None:
     print(f"frame+parse+match+decide (intake): median {o:10,.0f} alerts/s  ratio {o / r:.2f}")
 
 
+WRITER = """
+import json, sys, time
+path, rate, total, sample = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+obj = json.loads(sample)
+with open(path, "ab", buffering=0) as f:
+    start = time.monotonic()
+    for i in range(total):
+        due = start + i / rate
+        while (now := time.monotonic()) < due:
+            time.sleep(min(0.0005, due - now))
+        obj["id"] = str(time.monotonic_ns())
+        f.write(json.dumps(obj).encode() + b"\\n")
+"""
+
+
 def latency(rate: int, seconds: float, use_inotify: bool = True) -> list[float]:
+    """Append->handler latency with the writer in its own process (as Wazuh is): each line
+    carries its write time (CLOCK_MONOTONIC, shared by all processes) as its alert id."""
     with tempfile.TemporaryDirectory(prefix="in-bench-") as tmp:
         path = Path(tmp) / "alerts.json"
         path.write_bytes(b"")
-        sample = SAMPLES.read_bytes().splitlines()[-1]
-        sent: dict[str, float] = {}
+        sample = SAMPLES.read_bytes().splitlines()[-1].decode()
         lat: list[float] = []
 
         def handle(item: Alert | Rejected, cursor: Cursor | None) -> None:
-            if isinstance(item, Alert) and item.id in sent:
-                lat.append(time.perf_counter() - sent[item.id])
+            if isinstance(item, Alert) and item.id:
+                lat.append((time.monotonic_ns() - int(item.id)) / 1e9)
 
         src = FileTail("file:bench", path, MemoryCursorStore(), use_inotify=use_inotify)
         stop = threading.Event()
@@ -103,17 +120,10 @@ def latency(rate: int, seconds: float, use_inotify: bool = True) -> list[float]:
         t.start()
         src.ready.wait(5)
         total = int(rate * seconds)
-        obj = json.loads(sample)
-        start = time.perf_counter()
-        with path.open("ab", buffering=0) as f:
-            for i in range(total):
-                due = start + i / rate
-                while (now := time.perf_counter()) < due:
-                    time.sleep(min(0.0005, due - now))
-                obj["id"] = f"bench.{i}"
-                line = json.dumps(obj).encode() + b"\n"
-                sent[obj["id"]] = time.perf_counter()
-                f.write(line)
+        subprocess.run(
+            [sys.executable, "-c", WRITER, str(path), str(rate), str(total), sample],
+            check=True, timeout=seconds * 3 + 30,
+        )
         deadline = time.monotonic() + 5
         while len(lat) < total and time.monotonic() < deadline:
             time.sleep(0.01)
