@@ -205,6 +205,8 @@ class Processes(Collector):
                     reason = (f"stopped after {index} of {len(pids)} processes "
                               f"({'cancelled' if job.cancel.is_set() else 'deadline'})")
                     break
+                if index and index % 1000 == 0:
+                    job.progress(f"{index} of {len(pids)} processes read", index / len(pids))
                 record = _read_process(pid, scan, btime, ticks)
                 if record is None:
                     continue

@@ -526,6 +526,8 @@ def _publish(
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if release is not None:
+            release()  # sealed already: a later recover_staging in this process may finish it
         raise EvidenceError(
             f"cannot seal bundle {bundle_id} into {ready}: {exc.strerror or exc}; "
             f"its staging dir {staging} is kept and sealed on the next start"

@@ -288,3 +288,22 @@ def test_wrong_file_is_named(spool_dir: Path) -> None:
     report = verify_bundle(sidecar)
     assert not report.ok
     assert any("not zstd's magic" in p for p in report.problems)
+
+
+def test_failed_seal_keeps_staging_and_recovery_finishes_it(spool_dir: Path) -> None:
+    w = make_writer(spool_dir, "c")
+    with w.artifact("a.txt", MEDIA_OCTETS) as f:
+        f.write(b"evidence")
+    w.end_collector(Outcome(Status.OK))
+    blocker = spool_dir / "ready" / f"{w.bundle_id}.tar.zst"
+    blocker.mkdir()
+    (blocker / "x").write_bytes(b"")  # a non-empty dir: the rename into place fails
+    with pytest.raises(EvidenceError, match="sealed on the next start"):
+        w.seal()
+    assert (w.staging_dir / "manifest.json").is_file()
+    assert not list((spool_dir / "ready").glob(".*.tmp"))
+    (blocker / "x").unlink()
+    blocker.rmdir()
+    (result,) = recover_spool(spool_dir)
+    assert result.status is Status.OK
+    assert verify_bundle(result.path).ok
