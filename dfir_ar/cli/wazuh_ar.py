@@ -150,6 +150,38 @@ def split_own_args(extra_args: Sequence[str]) -> OwnArgs:
     return OwnArgs(plugin=found.get("--plugin"), timeout=timeout, rest=tuple(rest))
 
 
+OSSEC_FIELDS = ("user", "srcip", "alert_id", "rule_id", "location", "filename")
+
+
+def message_from_ossec_argv(args: Sequence[str], program: str) -> wazuh_protocol.Message:
+    """The message equivalent of an OSSEC (or Wazuh < 4.2) call:
+    ``add|delete <user> <srcip> <alert_id> <rule_id> <location> <filename> [extra_args...]``,
+    ``-`` for a missing value. The values are parsed later, exactly like the JSON ones."""
+    if not args or args[0] not in wazuh_protocol.INPUT_COMMANDS:
+        raise UsageError(
+            f"unexpected arguments {list(args)[:3]!r}: OSSEC calls scripts with "
+            "add|delete user srcip alert_id rule_id location filename"
+        )
+    values = [*args[1:7], *(["-"] * max(0, 7 - len(args)))]
+    got = {k: (None if v in ("-", "") else v) for k, v in zip(OSSEC_FIELDS, values, strict=True)}
+    data = {
+        name: got[field_]
+        for name, field_ in (("srcip", "srcip"), ("dstuser", "user"), ("filename", "filename"))
+        if got[field_] is not None
+    }
+    alert: dict[str, Any] = {"data": data}
+    if got["alert_id"] is not None:
+        alert["id"] = got["alert_id"]
+    if got["rule_id"] is not None:
+        # OSSEC passes no level; 0 is "unknown" here (the rule already fired on the manager).
+        alert["rule"] = {"id": got["rule_id"], "level": 0}
+    if got["location"] is not None:
+        alert["location"] = got["location"]
+    return wazuh_protocol.execd_message(
+        args[0], alert=alert, extra_args=list(args[7:]), program=program, node="ossec-execd"
+    )
+
+
 def state_path(state_dir: Path, plugin: str, key: str) -> Path:
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
     return state_dir / STATE_SUBDIR / plugin / f"{digest}.json"
@@ -312,6 +344,8 @@ class Run:
     handshake_timeout: float
     foreground: bool
     upload: bool
+    handshake: bool = True
+    """False for OSSEC's argv protocol: its execd does its own dedup and reads no stdout."""
     request: Request | None = None
     """The validated request, once built (the audit record reads it)."""
     key: str | None = None
@@ -424,19 +458,7 @@ def _respond(run: Run) -> str:
         run.logs.write("Ended")
         return "ok"
 
-    check = wazuh_protocol.check_keys_message(run.logs.program, [key])
-    run.send(check)
-    run.logs.write(wazuh_protocol.encode(check).decode("utf-8").strip())
-    try:
-        line = run.reader.readline(time.monotonic() + run.handshake_timeout, "check_keys answer from execd")
-    except DeadlineExceeded:
-        raise DeadlineExceeded(
-            f"execd did not answer check_keys within {run.handshake_timeout:g}s; nothing done"
-        ) from None
-    if line is None:
-        raise InvalidArgument("stdin closed before execd answered check_keys; nothing done")
-    answer = wazuh_protocol.parse_message(line, expect=wazuh_protocol.ANSWERS)
-    if answer.command == "abort":
+    if run.handshake and _handshake(run, key) == "abort":
         run.logs.write("Aborted")
         return "already-active"
 
@@ -467,6 +489,23 @@ def _respond(run: Run) -> str:
     )
     run.logs.write("Ended")
     return "ok"
+
+
+def _handshake(run: Run, key: str) -> str:
+    """Send check_keys and wait (bounded) for execd's answer: "continue" or "abort"."""
+    check = wazuh_protocol.check_keys_message(run.logs.program, [key])
+    run.send(check)
+    run.logs.write(wazuh_protocol.encode(check).decode("utf-8").strip())
+    try:
+        line = run.reader.readline(time.monotonic() + run.handshake_timeout, "check_keys answer from execd")
+    except DeadlineExceeded:
+        raise DeadlineExceeded(
+            f"execd did not answer check_keys within {run.handshake_timeout:g}s; nothing done"
+        ) from None
+    if line is None:
+        raise InvalidArgument("stdin closed before execd answered check_keys; nothing done")
+    answer = wazuh_protocol.parse_message(line, expect=wazuh_protocol.ANSWERS)
+    return answer.command
 
 
 def _deadline(run: Run) -> contextlib.AbstractContextManager[None]:
@@ -595,6 +634,7 @@ def _detach() -> int:
 )
 @click.option("--no-upload", is_flag=True, help="Leave a sealed bundle in the spool.")
 @click.option("--invoked-as", hidden=True, default=None)
+@click.argument("ossec_args", nargs=-1, metavar="[add|delete USER SRCIP ALERT_ID RULE_ID LOCATION FILENAME]")
 def wazuh_ar(
     config_file: Path | None,
     plugin_opt: str | None,
@@ -605,6 +645,7 @@ def wazuh_ar(
     foreground: bool,
     no_upload: bool,
     invoked_as: str | None,
+    ossec_args: tuple[str, ...],
 ) -> None:
     """Act as a Wazuh active-response executable (JSON on stdin, check_keys on stdout).
 
@@ -616,6 +657,10 @@ def wazuh_ar(
         <executable>dfir-ar-firewall-drop</executable>
         <timeout_allowed>yes</timeout_allowed></command>
     See examples/wazuh/README.md for every plug-in.
+
+    With positional arguments it speaks OSSEC's (and Wazuh < 4.2's) argv protocol instead:
+    `add|delete user srcip alert_id rule_id location filename`, "-" for a missing value, no
+    handshake (OSSEC's execd dedups itself).
 
     \b
     By hand (what execd sends):
@@ -633,6 +678,7 @@ def wazuh_ar(
         foreground=foreground,
         upload=not no_upload,
         invoked_as=invoked,
+        ossec_args=ossec_args,
     )
     sys.exit(code)
 
@@ -648,6 +694,7 @@ def run_wazuh_ar(
     foreground: bool,
     upload: bool,
     invoked_as: str,
+    ossec_args: Sequence[str] = (),
     stdin_fd: int = 0,
     stdout: IO[bytes] | None = None,
 ) -> int:
@@ -667,15 +714,14 @@ def run_wazuh_ar(
     try:
         config = load_config_for(config_file, state_dir)
         reader = wazuh_protocol.FdLineReader(stdin_fd)
-        try:
-            line = reader.readline(time.monotonic() + input_timeout, "Wazuh message on stdin")
-        except DeadlineExceeded:
-            raise InvalidArgument(
-                f"no message on stdin within {input_timeout:g}s (execd writes one JSON line)"
-            ) from None
-        if line is None:
-            raise InvalidArgument("stdin is empty; execd writes one JSON line")
-        message = wazuh_protocol.parse_message(line, expect=wazuh_protocol.INPUT_COMMANDS)
+        if ossec_args:
+            base = os.path.basename(invoked_as)
+            linked = base == GENERIC_LINK or plugin_from_name(base) is not None
+            message = message_from_ossec_argv(
+                ossec_args, f"active-response/bin/{base}" if linked else ""
+            )
+        else:
+            message = _read_message(reader, input_timeout)
         own = split_own_args(message.parameters.extra_args)
         chosen = plugin_opt or own.plugin or plugin_from_name(invoked_as)
         if not chosen:
@@ -704,6 +750,7 @@ def run_wazuh_ar(
             handshake_timeout=handshake_timeout,
             foreground=foreground,
             upload=upload,
+            handshake=not ossec_args,
         )
         outcome = execute(run)
         if outcome == "detached":
@@ -737,6 +784,18 @@ def run_wazuh_ar(
         )
     )
     return exit_code
+
+
+def _read_message(reader: wazuh_protocol.FdLineReader, timeout: float) -> wazuh_protocol.Message:
+    try:
+        line = reader.readline(time.monotonic() + timeout, "Wazuh message on stdin")
+    except DeadlineExceeded:
+        raise InvalidArgument(
+            f"no message on stdin within {timeout:g}s (execd writes one JSON line)"
+        ) from None
+    if line is None:
+        raise InvalidArgument("stdin is empty; execd writes one JSON line")
+    return wazuh_protocol.parse_message(line, expect=wazuh_protocol.INPUT_COMMANDS)
 
 
 def _is_program_name(name: str) -> bool:

@@ -19,9 +19,15 @@ from typing import Any
 import pytest
 
 from dfir_ar.arlog import read_audit
-from dfir_ar.cli.wazuh_ar import build_target, plugin_from_name, split_own_args, state_path
+from dfir_ar.cli.wazuh_ar import (
+    build_target,
+    message_from_ossec_argv,
+    plugin_from_name,
+    split_own_args,
+    state_path,
+)
 from dfir_ar.config.models import CommandConfig, Protocol
-from dfir_ar.errors import InvalidAddress, InvalidArgument
+from dfir_ar.errors import InvalidAddress, InvalidArgument, UsageError
 from dfir_ar.responder import Request, ResponderContext, Target
 from responders.external import AlreadyActive, ExternalScript
 
@@ -474,3 +480,68 @@ def test_build_target_validates_expected_and_drops_bad_extras() -> None:
         build_target({"data": {"srcip": "1.2.3.4.5"}}, ["srcip"])
     target, _ = build_target({"data": {"dstuser": "alice"}}, ["username"])
     assert target.username == "alice"
+
+
+def test_ossec_argv_protocol_through_a_symlink(wazuh: WazuhHome, execd_env: dict[str, str]) -> None:
+    """OSSEC's execd (and Wazuh < 4.2) run scripts with positional arguments and no stdin."""
+    wazuh.link("dfir-ar-host-deny")
+    argv = ["active-response/bin/dfir-ar-host-deny"]
+    fields = ["-", "2001:db8::9", "1763798400.1", "5712", "(web01) 198.51.100.5->sshd", "-"]
+    for action, expected in (("add", ["ALL: [2001:db8::9]"]), ("delete", [])):
+        done = subprocess.run(
+            [*argv, action, *fields],
+            cwd=wazuh.home,
+            env=execd_env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == b""  # no check_keys: OSSEC reads nothing back
+        assert wazuh.deny_lines() == expected
+    assert wazuh.ar_log[1].endswith(
+        '"command":"add","parameters":{"extra_args":[],"alert":'
+        '{"data":{"srcip":"2001:db8::9"},"id":"1763798400.1",'
+        '"rule":{"id":"5712","level":0},'
+        '"location":"(web01) 198.51.100.5->sshd"},'
+        '"program":"active-response/bin/dfir-ar-host-deny"}}'
+    )
+
+
+def test_ossec_argv_protocol_driven_by_external_script(wazuh: WazuhHome, tmp_path: Path) -> None:
+    """dfir-ar's OSSEC-protocol execd side running dfir-ar's script side: add, then delete with
+    the same arguments."""
+    wrapper = wazuh.bin / "dfir-deny.sh"
+    wrapper.write_text(f'#!/bin/sh\nexec {DFIR_AR} wazuh-ar -c {wazuh.config} --plugin host-deny "$@"\n')
+    wrapper.chmod(0o750)
+    script = ExternalScript.for_command(
+        CommandConfig(name="deny", executable="dfir-deny.sh", protocol=Protocol.OSSEC),
+        wazuh.bin,
+        ResponderContext(state_dir=tmp_path),
+        lambda key: False,
+        default_deadline=30,
+    )
+    request = Request(command="deny", target=Target(srcip=ipaddress.ip_address(ATTACKER)))
+    state = script.add(request)
+    assert wazuh.deny_lines() == [f"ALL: {ATTACKER}"]
+    script.delete(request, state)
+    assert wazuh.deny_lines() == []
+
+
+def test_message_from_ossec_argv() -> None:
+    msg = message_from_ossec_argv(
+        ["add", "alice", "203.0.113.5", "1.2", "5712", "/var/log/secure", "-", "--quiet"], "p"
+    )
+    assert msg.command == "add" and msg.parameters.extra_args == ["--quiet"]
+    assert msg.parameters.alert == {
+        "data": {"srcip": "203.0.113.5", "dstuser": "alice"},
+        "id": "1.2",
+        "rule": {"id": "5712", "level": 0},
+        "location": "/var/log/secure",
+    }
+    short = message_from_ossec_argv(["delete", "-", "203.0.113.5"], "")
+    assert short.parameters.alert == {"data": {"srcip": "203.0.113.5"}}
+    for bad in ([], ["list"], ["--help"]):
+        with pytest.raises(UsageError):
+            message_from_ossec_argv(bad, "")
