@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"median per CPU-second: yara CLI {med['peer_cpu']:.1f}, dfir-ar "
               f"{med['ours_cpu']:.1f}, ratio {med['ours_cpu'] / med['peer_cpu']:.2f}x "
               "(robust when other work shares the cores)")
+        best_p, best_o = max(rates["peer"]), max(rates["ours"])
+        print(f"best run (least disturbed by other load): yara CLI {best_p:.1f} MiB/s, dfir-ar "
+              f"{best_o:.1f} MiB/s, ratio {best_o / best_p:.2f}x")
         load = os.getloadavg()[0]
         if load > args.threads + 0.5:
             print(f"note: load average {load:.1f} on {os.cpu_count()} cores: wall numbers are "
