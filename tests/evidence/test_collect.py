@@ -20,8 +20,8 @@ from dfir_ar.collector import (
     Status,
 )
 from dfir_ar.config.models import Config
-from dfir_ar.evidence.collect import run_collection
-from dfir_ar.evidence.manifest import MEDIA_OCTETS, AgentInfo, Trigger
+from dfir_ar.evidence.collect import BundleResult, run_collection
+from dfir_ar.evidence.manifest import MEDIA_OCTETS, AgentInfo, Manifest, Trigger
 from dfir_ar.evidence.signing import generate_keypair
 from dfir_ar.evidence.verify import verify_bundle
 from dfir_ar.ids import new_id
@@ -65,7 +65,7 @@ def _job(deadline: float = 30.0) -> CollectJob:
 
 
 def _run(tmp_path: Path, cls: type[Collector], config: Config | None = None,
-         job: CollectJob | None = None, grace: float = 1.0):  # type: ignore[no-untyped-def]
+         job: CollectJob | None = None, grace: float = 1.0) -> tuple[BundleResult, Manifest]:
     config = config or _config(tmp_path)
     result = run_collection(cls(CollectorContext(state_dir=tmp_path)), job or _job(),
                             trigger=Trigger(srcip="203.0.113.7"), config=config, grace=grace)
