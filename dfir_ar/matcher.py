@@ -16,7 +16,6 @@ Semantics (REFERENCE.md, "Matching"):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dfir_ar.alert import Alert
@@ -135,8 +134,11 @@ class Matcher:
         if ar.level is not None and alert.level < ar.level:
             reasons.append(f"level {alert.level} < {ar.level}")
         if ar.rules_group and not GroupPattern.compile(ar.rules_group).matches(alert.group_string):
-            reasons.append(f"groups do not match {ar.rules_group!r}")
-        return "; ".join(reasons) or "no condition met"
+            reasons.append(f"groups {alert.group_string!r} do not match {ar.rules_group!r}")
+        if not reasons and self.mode is Matching.WAZUH:
+            # Wazuh mode: level alone (or the group alone) is not enough when both are set.
+            reasons.append("Wazuh matching needs both level and rules_group")
+        return ", ".join(reasons) or "no condition met"
 
 
 def _compile_conditions(index: int, ar: ActiveResponseConfig) -> _Conditional | None:
@@ -145,8 +147,3 @@ def _compile_conditions(index: int, ar: ActiveResponseConfig) -> _Conditional | 
         return None
     return _Conditional(index=index, level=ar.level, group=group)
 
-
-def matching_bindings(config: Config, alerts: Sequence[Alert]) -> list[list[int]]:
-    """Convenience for tools: match many alerts with one compiled matcher."""
-    matcher = Matcher(config)
-    return [matcher.match(a) for a in alerts]

@@ -90,6 +90,8 @@ class Simulation:
     """(command, key) -> expiry of stateful responses in place."""
     offences: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    explain: bool = False
+    """Say, per binding, why an alert matched none (the --json output always does)."""
 
     def rows_for(self, record: int, item: Alert | Rejected, now: float) -> list[Row]:
         if isinstance(item, Rejected):
@@ -103,7 +105,12 @@ class Simulation:
         decisions = self.pipeline.decide(alert, now)
         if not decisions:
             self._count("no match")
-            return [Row(*base, "-", "-", "-", "no match")]
+            matcher, config = self.pipeline.matcher, self.config
+            why = "; ".join(
+                f"#{i + 1} {ar.command}: {matcher.explain(i, alert, config)}"
+                for i, ar in enumerate(config.active_response)
+            )
+            return [Row(*base, "-", "-", "-", "no match", why if self.explain else "")]
         rows: list[Row] = []
         for d in decisions:
             rows.append(self._row(base, d, now))
@@ -204,6 +211,7 @@ def _records(paths: tuple[str, ...], fmt: str, max_bytes: int) -> Iterator[Alert
     help="Also protect this host's own addresses and default gateways, as serve does. Turn it "
     "off to simulate for a different host.",
 )
+@click.option("--why", is_flag=True, help="For alerts that match nothing, say why per binding.")
 @click.argument("alerts", nargs=-1, required=True)
 def simulate(
     config_file: Path | None,
@@ -211,6 +219,7 @@ def simulate(
     fmt: str,
     max_alert_bytes: int,
     host_protection: bool,
+    why: bool,
     alerts: tuple[str, ...],
 ) -> None:
     """Show what ALERTS would fire, where, and why not. Runs nothing.
@@ -224,7 +233,8 @@ def simulate(
     Verdicts:
       fires         an order would be sent (with its timeout)
       refused: WHY  white list, invalid srcip/user, missing argument, level 0, rate limit, cap
-      no match      no [[active_response]] matches the rule id, group or level
+      no match      no [[active_response]] matches the rule id, group or level (--why: per
+                    binding, what did not match)
 
     \b
     Examples:
@@ -239,7 +249,7 @@ def simulate(
         if host_protection
         else host_protected_networks(own=False, gateways=False)
     )
-    sim = Simulation(config=config, pipeline=Pipeline(config, protected))
+    sim = Simulation(config=config, pipeline=Pipeline(config, protected), explain=as_json or why)
     rows: list[Row] = []
     clock = time.time()
     for record, item in enumerate(_records(alerts, fmt, max_alert_bytes), 1):

@@ -74,6 +74,18 @@ def test_ossec_mode_level_or_group_or_id() -> None:
     assert m.match(alert(rule_id=1, level=2, groups=("web",))) == []
 
 
+def test_explain_says_why_nothing_matched() -> None:
+    cfg = make_config(**{"global": {"matching": "wazuh"}}, active_response=[
+        {"command": "block", "level": 10, "rules_group": "web"},
+        {"command": "block", "rules_id": [1], "disabled": True},
+    ])
+    m = Matcher(cfg)
+    assert m.explain(0, alert(level=5), cfg) == (
+        "level 5 < 10, groups 'syslog,sshd,authentication_failed,' do not match 'web'")
+    assert m.explain(0, alert(level=12), cfg).startswith("groups")
+    assert m.explain(1, alert(), cfg) == "binding disabled"
+
+
 def test_level_zero_never_fires_and_disabled_never_fires() -> None:
     m = matcher("ossec", {"rules_id": [5712]}, {"level": 0}, {"rules_id": [5712], "disabled": True})
     assert m.match(alert(level=0)) == []

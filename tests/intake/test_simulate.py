@@ -97,6 +97,11 @@ def test_json_output_and_verdicts(config: Path) -> None:
     assert by_record[2][0]["verdict"] == "fires"  # ::ffff:198.51.100.7
     assert by_record[4][0]["verdict"] == "refused" and "white-listed" in by_record[4][0]["reason"]
     assert by_record[5][0]["verdict"] == "no match"
+    assert by_record[5][0]["reason"] == (
+        "#1 block: rule 5501 not in rules_id; "
+        "#2 deny-user: level 3 < 5, groups 'pam,syslog,authentication_success,' do not match "
+        "'invalid_login'"
+    )
     hostile = [r for r in rows if int(r["record"]) > 5]
     assert hostile and all(r["verdict"] != "fires" for r in hostile)
     assert data["summary"]["records"] == 5 + 266
