@@ -663,9 +663,10 @@ def wazuh_ar(
     handshake (OSSEC's execd dedups itself).
 
     \b
-    By hand (what execd sends):
-      echo '{"version":1,"command":"add","parameters":{"alert":{"data":{"srcip":"203.0.113.7"}}}}' \\
-        | dfir-ar wazuh-ar --plugin host-deny
+    By hand (what execd sends, then execd's "continue" to the check_keys it gets back):
+      printf '%s\\n' \\
+        '{"version":1,"command":"add","parameters":{"alert":{"data":{"srcip":"203.0.113.7"}}}}' \\
+        '{"version":1,"command":"continue","parameters":{}}' | dfir-ar wazuh-ar --plugin host-deny
     """
     invoked = invoked_as or (sys.argv[0] if sys.argv else "dfir-ar")
     code = run_wazuh_ar(
