@@ -300,3 +300,20 @@ def test_object_lock_refuses_deleting_a_locked_bundle(tmp_path: Path, seaweed: S
                        object_lock_mode="GOVERNANCE", object_lock_days=1)
     with pytest.raises(StoreError, match="object lock"):
         Uploader(plain).check_store()
+
+
+def test_sse_and_content_md5_options(tmp_path: Path, seaweed: Seaweed) -> None:
+    bucket = seaweed.new_bucket()
+    config = _s3_config(tmp_path, seaweed, bucket=bucket, sse="AES256", content_md5=True,
+                        multipart_threshold_mb=5, part_size_mb=5)
+    small = make_bundle(config.spool_dir, size=1000)
+    large = make_bundle(config.spool_dir, size=11 * MiB)
+    assert Uploader(config).drain_once() == 2
+    admin = seaweed.client()
+    store = open_store(config)
+    for b in (small, large):
+        key = find_bundle(store, b.bundle_id).bundle_key
+        head = admin.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == "AES256"
+        body = admin.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == head["Metadata"]["dfir-sha256"]
