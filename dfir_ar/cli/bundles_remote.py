@@ -89,7 +89,7 @@ def _progress(label: str) -> Iterator[Callable[[int], Callable[[int], None]]]:
         yield factory
 
 
-@click.command("list")
+@click.command("list", short_help="List bundles in the store (from manifests; filters; --json).")
 @config_option
 @click.option("--agent", metavar="ID", help="Only this agent's bundles (lists just its prefix).")
 @click.option("--rule", metavar="ID", help="Only bundles triggered by this rule id.")
@@ -150,7 +150,7 @@ def _size(n: int) -> str:
     return str(n)
 
 
-@click.command("get")
+@click.command("get", short_help="Download, verify (hashes + signature), then extract a bundle.")
 @config_option
 @click.argument("bundle_id")
 @click.option(
@@ -220,7 +220,7 @@ def get_cmd(
         click.echo(f"  extracted: {fetched.extracted}")
 
 
-@click.command("url")
+@click.command("url", short_help="Print a presigned SigV4 download URL for a bundle.")
 @config_option
 @click.argument("bundle_id")
 @click.option("--expires", type=click.IntRange(1, 604800), default=3600, show_default=True,
@@ -242,7 +242,7 @@ def url_cmd(
     click.echo(store.presign(entry.manifest_key if of_manifest else entry.bundle_key, expires))
 
 
-@click.command("push")
+@click.command("push", short_help="Upload what waits in the spool now (--check: test the store).")
 @config_option
 @click.option("--check", "check_only", is_flag=True, help="Only test the store (small write).")
 @json_option
