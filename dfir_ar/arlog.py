@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +37,35 @@ def _open_append(path: Path) -> int:
 class _AppendFile:
     """One O_APPEND descriptor; each record is one write(2), so lines never interleave."""
 
+    #: Seconds between checks that logrotate moved the file away (a stat per line is costly).
+    ROTATION_CHECK = 1.0
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd = _open_append(path)
+        self._ident = self._fd_ident()
+        self._checked = time.monotonic()
         self._lock = threading.Lock()
+
+    def _fd_ident(self) -> tuple[int, int]:
+        st = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino)
 
     def append(self, data: bytes) -> None:
         with self._lock:
-            # Reopen when logrotate moved the file away (same idea as Wazuh's logcollector).
-            try:
-                st_path = os.stat(self.path)
-                st_fd = os.fstat(self._fd)
-                if (st_path.st_ino, st_path.st_dev) != (st_fd.st_ino, st_fd.st_dev):
+            now = time.monotonic()
+            if now - self._checked >= self.ROTATION_CHECK:
+                self._checked = now
+                # Reopen when logrotate moved the file away (as Wazuh's logcollector does).
+                try:
+                    st = os.stat(self.path)
+                    moved = (st.st_dev, st.st_ino) != self._ident
+                except FileNotFoundError:
+                    moved = True
+                if moved:
                     os.close(self._fd)
                     self._fd = _open_append(self.path)
-            except FileNotFoundError:
-                os.close(self._fd)
-                self._fd = _open_append(self.path)
+                    self._ident = self._fd_ident()
             os.write(self._fd, data)
 
     def close(self) -> None:
@@ -135,7 +147,9 @@ class AuditLog:
         return self._file.path
 
     def write(self, record: AuditRecord) -> None:
-        line = json.dumps(asdict(record), separators=(",", ":"), default=str, sort_keys=True)
+        # Not dataclasses.asdict: it deep-copies, and this runs once per execution.
+        fields = {name: getattr(record, name) for name in record.__dataclass_fields__}
+        line = json.dumps(fields, separators=(",", ":"), default=str, sort_keys=True)
         self._file.append((line + "\n").encode("utf-8"))
 
     def close(self) -> None:

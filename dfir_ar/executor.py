@@ -157,6 +157,7 @@ class Executor:
         self._limiters: dict[str, RateLimiter] = {}
         self._active = ledger.count_entries()
         self._committer = GroupCommitter(ledger)
+        self._expiry: dict[Ident, float] = {}
         self._active_lock = threading.Lock()
         self._delete_failures: Counter[Ident] = Counter()
         self._cancels: set[threading.Event] = set()
@@ -336,6 +337,7 @@ class Executor:
                 expires = None
             tx.set_offender(cmd.name, key, offence.count, now)
             tx.refresh(cmd.name, key, expires_at=expires, offences=offence.count, now=now)
+            self._note_expiry((cmd.name, key), expires)
             return _Plan(
                 kind="refresh", order=order, command=cmd, request=request, key=key,
                 expires_at=expires, timeout=offence.timeout, offences=offence.count,
@@ -361,10 +363,19 @@ class Executor:
             command=cmd.name, key=key, order_id=order.id, agent_id=self.config.global_.agent_id,
             request=request, now=now, expires_at=expires, offences=offence.count,
         )
+        self._note_expiry((cmd.name, key), expires)
         return _Plan(
             kind="add", order=order, command=cmd, request=request, key=key,
             expires_at=expires, timeout=offence.timeout, offences=offence.count,
         )
+
+    def _note_expiry(self, ident: Ident, expires: float | None) -> None:
+        # Written only by the committer thread as rows change; read by workers so the hot path
+        # needs no ledger read. A stale read is harmless: a delete re-checks the ledger row.
+        if expires is None:
+            self._expiry.pop(ident, None)
+        else:
+            self._expiry[ident] = expires
 
     def _rate_allows(self, cmd: CommandConfig, now: float) -> bool:
         if cmd.max_per_minute is None:
@@ -499,6 +510,7 @@ class Executor:
                 if type(exc).__name__ == "AlreadyActive":
                     return self._already_active(plan, exc, duration)
                 self.ledger.remove(cmd.name, key, plan.order.id)
+                self._expiry.pop(ident, None)
                 with self._active_lock:
                     self._active -= 1
                 outcome = "timeout" if isinstance(exc, DeadlineExceeded) else "failed"
@@ -509,9 +521,8 @@ class Executor:
                 self._audit(plan, result)
                 return result
             duration = time.monotonic() - start
-            # A repeat may have refreshed the timer while this add ran.
-            entry = self.ledger.get(cmd.name, key)
-            expires_at = plan.expires_at if entry is None else entry.expires_at
+            # A repeat may have refreshed the timer while this add ran (in-memory, see _expiry).
+            expires_at = self._expiry.get(ident, plan.expires_at)
             self.ar_log.write(self.clock.now(), cmd.executable, "Ended")
             self.counters["add_ok"] += 1
             result = self._result(
@@ -524,10 +535,11 @@ class Executor:
             self._audit(plan, result)
             applied_at = self.clock.now()
             order_id = plan.order.id
-            # Through the group committer: concurrent executions share one commit.
+            # Through the group committer, not waited for: concurrent executions share one
+            # commit. A crash before it lands leaves an intent, which the next start retries.
             self._committer.submit(
                 lambda tx: tx.mark_applied(cmd.name, key, order_id, state, applied_at)
-            ).result()
+            )
             if expires_at is not None:
                 self._schedule(ident, expires_at)
             return result
@@ -537,6 +549,7 @@ class Executor:
         cmd, key = plan.command, plan.key
         assert cmd is not None and key is not None
         self.ledger.remove(cmd.name, key, plan.order.id)
+        self._expiry.pop((cmd.name, key), None)
         with self._active_lock:
             self._active -= 1
         other = getattr(exc, "key", None) or getattr(exc, "keys", None)
@@ -765,6 +778,7 @@ class Executor:
             # Recorded before the row goes: a crash in between repeats the (quiet) delete.
             self._audit(plan, result)
             self.ledger.remove(command, key, entry.order_id)
+            self._expiry.pop(ident, None)
             with self._active_lock:
                 self._active -= 1
             with self._cond:
@@ -802,6 +816,7 @@ class Executor:
         live: dict[str, list[LiveEntry]] = {}
         self.ledger.purge_offenders(now - self.config.global_.offender_window)
         for entry in self.ledger.entries():
+            self._note_expiry(entry.ident, entry.expires_at)
             cmd = self.config.command_named(entry.command)
             if cmd is None:
                 summary["unknown_command"] += 1

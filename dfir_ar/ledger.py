@@ -278,6 +278,7 @@ class Tx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
         self._n = 0
+        self._cursors: dict[str, tuple[str, float]] = {}
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -364,12 +365,19 @@ class Tx:
         )
 
     def save_cursor(self, source: str, position: str, now: float) -> None:
-        self._c.execute(
-            "INSERT INTO cursors (source, position, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (source) DO UPDATE SET position = excluded.position, "
-            "updated_at = excluded.updated_at",
-            (source, position, now),
-        )
+        """Store a source's cursor with this transaction (only the last one per source is
+        written: within one transaction the earlier ones are moot)."""
+        self._cursors[source] = (position, now)
+
+    def _flush_cursors(self) -> None:
+        if self._cursors:
+            self._c.executemany(
+                "INSERT INTO cursors (source, position, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (source) DO UPDATE SET position = excluded.position, "
+                "updated_at = excluded.updated_at",
+                [(src, pos, now) for src, (pos, now) in self._cursors.items()],
+            )
+            self._cursors.clear()
 
 
 class _Reader:
@@ -472,8 +480,10 @@ class Ledger(_Reader):
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.DatabaseError as exc:
                 raise StateError(f"{self.path}: cannot write the ledger: {exc}") from None
+            tx = Tx(self._conn)
             try:
-                yield Tx(self._conn)
+                yield tx
+                tx._flush_cursors()
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -530,14 +540,15 @@ _Work = tuple[Callable[[Tx], Any], Callable[[Any], None] | None, "Future[Any]"]
 class GroupCommitter:
     """The ledger's one writer thread: queued writes share transactions (group commit).
 
-    Why: a transaction per alert caps intake at the commit rate; under load many alerts' intents
-    and cursors commit together, each alert still atomically (its writes run in a SAVEPOINT, so a
-    failing item undoes only itself). ``after`` callbacks run in order once their transaction is
+    Why: a transaction per alert caps intake at the commit rate (and every commit is a wake-up of
+    this thread); under load many alerts' intents and cursors commit together, each alert still
+    atomically with its cursor. ``after`` callbacks run in order once their transaction is
     durable, which is where the executor starts the actions: nothing runs that is not recorded.
 
-    If a commit fails (disk full, I/O error) every later write fails too, in order: committing a
-    later cursor would skip the alerts of the failed batch. The service stops and a restart
-    re-reads from the last committed cursor.
+    Work items report expected refusals as values, not exceptions. If one raises anyway, or a
+    commit fails (disk full, I/O error), the whole batch is rolled back and every later write
+    fails too, in order: committing a later cursor would skip the alerts of the failed batch. The
+    service stops and a restart re-reads from the last committed cursor.
     """
 
     MAX_BATCH = 512
@@ -603,11 +614,7 @@ class GroupCommitter:
         try:
             with self._ledger.transaction() as tx:
                 for work, after, fut in batch:
-                    try:
-                        with tx.savepoint():
-                            done.append((fut, after, work(tx), None))
-                    except (sqlite3.IntegrityError, StateError, RefusedInput) as exc:
-                        done.append((fut, after, None, exc))
+                    done.append((fut, after, work(tx), None))
         except BaseException as exc:
             self.failure = exc
             log.critical("ledger commit failed; no further writes: %s", exc)
