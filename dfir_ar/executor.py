@@ -226,6 +226,8 @@ class Executor:
                     self.config.global_.active_response_dir,
                     context,
                     lambda key: self._key_active(name, key),
+                    default_deadline=self.config.global_.execution_deadline,
+                    node=self._node,
                 )
             self._responders[cmd.name] = responder
             return responder

@@ -615,7 +615,7 @@ class GroupCommitter:
             with self._ledger.transaction() as tx:
                 for work, after, fut in batch:
                     done.append((fut, after, work(tx), None))
-        except BaseException as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure stops all later writes, loudly
             self.failure = exc
             log.critical("ledger commit failed; no further writes: %s", exc)
             for _, _, fut in batch:
@@ -628,7 +628,7 @@ class GroupCommitter:
             if after is not None:
                 try:
                     after(value)
-                except Exception as cb_exc:  # noqa: BLE001 - one bad callback must not stop others
+                except Exception as cb_exc:  # one bad callback must not stop the others
                     log.exception("after-commit step failed")
                     fut.set_exception(cb_exc)
                     continue

@@ -169,7 +169,9 @@ class Service:
             log.warning("rejected alert record: %s: %s", getattr(item, "reason", "?"),
                         getattr(item, "excerpt", ""))
             if cursor is not None:
-                self.ledger.store_cursor(cursor.source, cursor.position, self.clock.now())
+                # Through the executor's committer, in order behind the alerts read before it:
+                # a cursor written directly could overtake their intents.
+                self.executor.accept([], cursor=cursor)
             return
         self.counters["alerts"] += 1
         with self._decide_lock:

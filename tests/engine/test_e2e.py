@@ -230,3 +230,23 @@ def test_garbage_on_the_control_socket_is_answered_not_fatal(tmp_path: Path) -> 
                 answer = json.loads(s.recv(65536).decode())
                 assert answer["ok"] is False
         assert serve.proc.poll() is None
+
+
+def test_serve_collects_evidence_and_uploads_it(tmp_path: Path) -> None:
+    extra = (
+        '\n[[command]]\nname = "snapshot"\nexecutable = "processes"\nexpect = []\n'
+        '\n[[active_response]]\ncommand = "snapshot"\nrules_id = [5712]\n'
+    )
+    setup = make_setup(tmp_path, timeout=60, extra=extra)
+    store = tmp_path / "evidence"
+    with serving(setup) as serve:
+        setup.append(wazuh_alert("203.0.113.90"))
+        wait_for(lambda: any(r["action"] == "collect" for r in setup.audit()), 60, "collection")
+        wait_for(lambda: len(list(store.rglob("*.tar.zst"))) == 1, 30, "the upload")
+        assert serve.terminate() == 0
+    [rec] = [r for r in setup.audit() if r["action"] == "collect"]
+    assert rec["outcome"] == "ok"
+    [bundle] = list(store.rglob("*.tar.zst"))
+    assert bundle.name == f"{rec['details']['bundle_id']}.tar.zst"  # type: ignore[index]
+    assert bundle.with_name(bundle.name.replace(".tar.zst", ".manifest.json")).exists()
+    assert setup.deny_lines() == ["ALL: 203.0.113.90"]  # both bindings fired

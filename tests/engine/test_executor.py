@@ -315,3 +315,44 @@ def test_manual_orders_are_validated(engine: Engine, bad: str) -> None:
     with pytest.raises(UsageError):
         manual_order(engine.config, "host-deny", srcip=bad, user=None, timeout=None,
                      operator="root")
+
+
+WAZUH_SCRIPT = '''#!{python}
+"""A stateful Wazuh >= 4.2 active-response script: check_keys handshake, then record."""
+import json, sys
+msg = json.loads(sys.stdin.readline())
+ip = msg["parameters"]["alert"]["data"]["srcip"]
+out = {log!r}
+if msg["command"] == "add":
+    print(json.dumps({{"version": 1, "origin": {{"name": "rec", "module": "active-response"}},
+                      "command": "check_keys", "parameters": {{"keys": [ip]}}}}), flush=True)
+    answer = json.loads(sys.stdin.readline())
+    if answer["command"] != "continue":
+        sys.exit(0)
+with open(out, "a") as fh:
+    fh.write(msg["command"] + " " + ip + "\\n")
+'''
+
+
+def test_external_wazuh_script_through_the_executor(tmp_path: Path, clock: FakeClock) -> None:
+    import os
+    import sys
+
+    bindir = tmp_path / "ar-bin"
+    bindir.mkdir()
+    record = tmp_path / "record.log"
+    script = bindir / "rec-script"
+    script.write_text(WAZUH_SCRIPT.format(python=sys.executable, log=str(record)))
+    os.chmod(script, 0o750)
+    eng = Engine(tmp_path, _config_with(tmp_path, "rec-script"), clock)
+    try:
+        first = eng.executor.submit(order("203.0.113.90", command="rec-script")).result(30)
+        assert first.outcome == "ok", first.error
+        again = eng.executor.submit(order("203.0.113.90", command="rec-script")).result(30)
+        assert again.outcome == "refreshed"  # dedup by (command, key): the script is not rerun
+        clock.advance(3600)
+        [done] = [t.result(30) for t in eng.executor.expire_due()]
+        assert done.outcome == "ok", done.error
+        assert record.read_text().splitlines() == ["add 203.0.113.90", "delete 203.0.113.90"]
+    finally:
+        eng.close()
