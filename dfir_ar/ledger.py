@@ -609,22 +609,18 @@ class GroupCommitter:
             for _, _, fut in batch:
                 fut.set_exception(StateError(f"ledger writes stopped: {self.failure}"))
             return
-        done: list[tuple[Future[Any], Callable[[Any], None] | None, Any, BaseException | None]]
-        done = []
+        done: list[tuple[Future[Any], Callable[[Any], None] | None, Any]] = []
         try:
             with self._ledger.transaction() as tx:
                 for work, after, fut in batch:
-                    done.append((fut, after, work(tx), None))
+                    done.append((fut, after, work(tx)))
         except Exception as exc:  # noqa: BLE001 - any failure stops all later writes, loudly
             self.failure = exc
             log.critical("ledger commit failed; no further writes: %s", exc)
             for _, _, fut in batch:
                 fut.set_exception(exc)
             return
-        for fut, after, value, exc in done:
-            if exc is not None:
-                fut.set_exception(exc)
-                continue
+        for fut, after, value in done:
             if after is not None:
                 try:
                     after(value)
