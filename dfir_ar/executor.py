@@ -779,6 +779,9 @@ class Executor:
                                   details={"reason": reason, "late": round(late, 3)})
             # Recorded before the row goes: a crash in between repeats the (quiet) delete.
             self._audit(plan, result)
+            if reason == "timeout" and not self.ledger.remove_unchanged(entry):
+                # A repeat offence refreshed the row while the undo ran: put the action back.
+                return self._reapply(cmd, ident, result)
             self.ledger.remove(command, key, entry.order_id)
             self._expiry.pop(ident, None)
             with self._active_lock:
@@ -786,6 +789,24 @@ class Executor:
             with self._cond:
                 self._table.cancel(ident)
             return result
+
+    def _reapply(self, cmd: CommandConfig, ident: Ident, undone: Result) -> Result:
+        entry = self.ledger.get(*ident)
+        if entry is None:
+            return undone
+        log.warning("%s %s was refreshed during its undo; applying it again", *ident)
+        remaining = entry.remaining(self.clock.now())
+        try:
+            request = replace(entry.request(), timeout=remaining)
+            with procs.deadline_scope(time.monotonic() + self._deadline(cmd)):
+                self.responder(cmd).add(request)
+        except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
+            log.error("%s re-apply of %s failed: %s", cmd.name, ident[1], exc)
+            self._schedule(ident, self.clock.now() + DELETE_RETRY[0])
+            return replace(undone, details={**undone.details, "reapply_error": str(exc)})
+        if entry.expires_at is not None:
+            self._schedule(ident, entry.expires_at)
+        return replace(undone, details={**undone.details, "reapplied": True})
 
     def _order_of(self, entry: Entry) -> Order:
         try:

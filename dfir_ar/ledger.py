@@ -519,6 +519,14 @@ class Ledger(_Reader):
             (command, key, order_id),
         ) > 0
 
+    def remove_unchanged(self, entry: Entry) -> bool:
+        """Remove ``entry`` only if no repeat refreshed it since it was read (False then)."""
+        return self._write(
+            "DELETE FROM entries WHERE command = ? AND key = ? AND order_id = ? "
+            "AND expires_at IS ? AND offences = ?",
+            (entry.command, entry.key, entry.order_id, entry.expires_at, entry.offences),
+        ) > 0
+
     def remove_job(self, order_id: str) -> None:
         self._write("DELETE FROM jobs WHERE order_id = ?", (order_id,))
 

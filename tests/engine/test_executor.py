@@ -356,3 +356,38 @@ def test_external_wazuh_script_through_the_executor(tmp_path: Path, clock: FakeC
         assert record.read_text().splitlines() == ["add 203.0.113.90", "delete 203.0.113.90"]
     finally:
         eng.close()
+
+
+def test_repeat_during_the_undo_puts_the_block_back(tmp_path: Path, clock: FakeClock) -> None:
+    from responders.host_deny import HostDeny
+
+    hook: list[Executor] = []
+
+    class RacingHostDeny(HostDeny):
+        """host-deny whose undo is overtaken by a repeat offence that commits meanwhile."""
+
+        name: ClassVar[str] = "racing-deny"
+
+        def delete(self, request: Request, state: State) -> None:
+            super().delete(request, state)
+            if hook:
+                ex = hook.pop()
+                ex.accept([order("203.0.113.95", command="racing-deny", clock=clock)])
+                ex.flush()
+
+    raw = _config_with(tmp_path, "racing-deny").model_dump(by_alias=True, mode="json")
+    raw["responders"]["racing-deny"] = {"path": str(tmp_path / "hosts.deny")}
+    eng = Engine(tmp_path, Config.model_validate(raw), clock)
+    try:
+        eng.executor.register_responder("racing-deny", RacingHostDeny)
+        eng.executor.submit(order("203.0.113.95", command="racing-deny", clock=clock)).result()
+        clock.advance(61)
+        hook.append(eng.executor)
+        [undo] = [t.result(10) for t in eng.executor.expire_due()]
+        assert undo.details.get("reapplied") is True
+        assert eng.deny_lines() == ["ALL: 203.0.113.95"]
+        [entry] = eng.ledger.entries()
+        assert entry.offences == 2 and entry.expires_at == clock.now() + 300
+        assert eng.executor.next_deadline() == clock.now() + 300
+    finally:
+        eng.close()
