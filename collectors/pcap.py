@@ -155,6 +155,8 @@ class _Capture:
     bytes: int = 0
     kernel_received: int = 0
     kernel_dropped: int = 0
+    gone: str = ""
+    """Why capture on this interface ended early (it went down or was deleted)."""
 
     def read_stats(self) -> None:
         # PACKET_STATISTICS resets the counters on every read: accumulate.
@@ -255,12 +257,16 @@ class Pcap(Collector):
             "interfaces": {
                 c.iface.name: {"packets": c.packets, "bytes": c.bytes,
                                "kernel_received": c.kernel_received,
-                               "kernel_dropped": c.kernel_dropped}
+                               "kernel_dropped": c.kernel_dropped,
+                               **({"ended_early": c.gone} if c.gone else {})}
                 for c in captures
             },
         })
         if dropped and status is Status.OK:
             status, reason = Status.PARTIAL, f"the kernel dropped {dropped} matching packets"
+        gone = [c.gone for c in captures if c.gone]
+        if gone and status is Status.OK:
+            status, reason = Status.PARTIAL, f"interfaces went away mid-capture: {'; '.join(gone)}"
         return Outcome(status, reason, details)
 
     def _loop(self, job: CollectJob, captures: list[_Capture], duration: float,
@@ -299,8 +305,20 @@ class Pcap(Collector):
                     next_progress = now + 5.0
                 timeout = max(0, min(POLL_MS, int((min(end, job.deadline) - now) * 1000) + 1))
                 for fd, _event in poller.poll(timeout):
-                    # Bounded batch, so one busy interface cannot starve the clock checks.
-                    reader.drain(by_fd[fd], 4096)
+                    cap = by_fd[fd]
+                    try:
+                        # Bounded batch, so one busy interface cannot starve the clock checks.
+                        reader.drain(cap, 4096)
+                    except OSError as exc:
+                        # ENETDOWN/ENXIO: the interface went down or away mid-capture. Keep what
+                        # was captured on it and go on with the others.
+                        poller.unregister(fd)
+                        del by_fd[fd]
+                        cap.gone = f"{cap.iface.name}: {exc.strerror or exc}"
+                        _flush(cap)
+                        if not by_fd:
+                            raise _Stop(Status.PARTIAL,
+                                        f"capture interface went away ({cap.gone})") from None
         except _Stop as stop:
             return self._finish(captures, stop.status, stop.reason)
         except ByteCapReached as exc:

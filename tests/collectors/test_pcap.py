@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,3 +186,23 @@ def test_filter_is_compiled_for_the_snaplen() -> None:
     prog = compile_bpf("host 2001:db8::6", 1, 96)
     rets = [k for code, _, _, k in prog if code == 0x06]
     assert set(rets) == {0, 96}
+
+
+def test_interface_deleted_mid_capture_keeps_what_was_captured(pair: NetPair,
+                                                               tmp_path: Path) -> None:
+    proc = start_capture(pair, tmp_path, pair.a4, "--duration", "20", "--interface",
+                         pair.agent_if)
+    try:
+        send_udp(pair, pair.a4, pair.b4, 12)
+        time.sleep(0.3)
+        pair.in_attacker("ip", "link", "del", pair.attacker_if)  # takes the peer with it
+    finally:
+        result = finish(proc)
+    assert result["status"] == "partial"
+    bundle = Path(result["path"])
+    report = verify_bundle(bundle)
+    assert report.ok, report.problems
+    assert report.manifest is not None
+    assert "went away" in report.manifest.collectors[0].reason
+    pcap = extract_artifact(bundle, f"artifacts/pcap/{pair.agent_if}.pcap", tmp_path / "g.pcap")
+    assert tcpdump_count(pcap, f"udp and src host {pair.a4}") == 12
