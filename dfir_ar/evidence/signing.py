@@ -6,7 +6,9 @@ them without dfir-ar (``openssl pkeyutl -verify -pubin -inkey signing.pub -rawin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from dfir_ar.errors import ConfigError, EvidenceError
+
+log = logging.getLogger("dfir_ar.evidence.signing")
 
 PRIVATE_NAME = "signing.key"
 PUBLIC_NAME = "signing.pub"
@@ -72,6 +76,12 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
             f"evidence.signing_key {path}: cannot read ({exc.strerror}); "
             "create one with `dfir-ar keys generate`"
         ) from exc
+    with contextlib.suppress(OSError):
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            # Like ssh, say so loudly: anyone who can read it can forge evidence signatures.
+            log.warning("evidence.signing_key %s is readable by group/others (mode %o); "
+                        "run: chmod 600 %s", path, mode & 0o777, path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
