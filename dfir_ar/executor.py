@@ -317,10 +317,16 @@ class Executor:
         timeout = order.timeout if responder.supports_timeout else None
         if timeout is not None and timeout <= 0:
             timeout = None
-        request = self._request(order, cmd, timeout)
-        key = responder.key(request)
+        key = responder.key(self._request(order, cmd, timeout))
         window = self.config.global_.offender_window
-        previous, last = tx.offender(cmd.name, key)
+        existing = tx.get(cmd.name, key)
+        # While an entry exists it carries the offender counter; the offenders table gets it when
+        # the entry is retired (one write fewer per new alert on the hot path).
+        last: float | None
+        if existing is not None:
+            previous, last = existing.offences, existing.last_offence
+        else:
+            previous, last = tx.offender(cmd.name, key)
         offence = next_offence(
             previous,
             last_offence=last,
@@ -329,7 +335,7 @@ class Executor:
             timeout=timeout,
             repeated_offenders=order.repeated_offenders,
         )
-        existing = tx.get(cmd.name, key)
+        request = self._request(order, cmd, offence.timeout)
         if existing is not None:
             # Dedup by (command, key): a repeat refreshes the timer and escalates.
             expires = None if offence.timeout is None else now + offence.timeout
@@ -337,7 +343,6 @@ class Executor:
                 expires = max(expires, existing.expires_at)  # never shorten a block
             elif existing.expires_at is None:
                 expires = None
-            tx.set_offender(cmd.name, key, offence.count, now)
             tx.refresh(cmd.name, key, expires_at=expires, offences=offence.count, now=now)
             self._note_expiry((cmd.name, key), expires)
             return _Plan(
@@ -358,9 +363,7 @@ class Executor:
             return self._refuse(
                 order, f"rate limit of {cmd.max_per_minute}/min for {cmd.name}", key
             )
-        request = replace(request, timeout=offence.timeout)
         expires = None if offence.timeout is None else now + offence.timeout
-        tx.set_offender(cmd.name, key, offence.count, now)
         tx.insert_intent(
             command=cmd.name, key=key, order_id=order.id, agent_id=self.config.global_.agent_id,
             request=request, now=now, expires_at=expires, offences=offence.count,
@@ -779,10 +782,9 @@ class Executor:
                                   details={"reason": reason, "late": round(late, 3)})
             # Recorded before the row goes: a crash in between repeats the (quiet) delete.
             self._audit(plan, result)
-            if reason == "timeout" and not self.ledger.remove_unchanged(entry):
+            if not self.ledger.retire(entry, only_if_unchanged=reason == "timeout"):
                 # A repeat offence refreshed the row while the undo ran: put the action back.
                 return self._reapply(cmd, ident, result)
-            self.ledger.remove(command, key, entry.order_id)
             self._expiry.pop(ident, None)
             with self._active_lock:
                 self._active -= 1

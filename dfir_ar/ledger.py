@@ -89,16 +89,18 @@ CREATE TABLE IF NOT EXISTS cursors (
 # ---------------------------------------------------------------------------------------------
 # Request <-> JSON. Decoding re-validates: a hand-edited or corrupted row must not reach an argv.
 
+# The alert's identifying fields, not the whole raw alert: the row stays small on the hot path,
+# and scripts that need the exact alert on delete (Wazuh protocol) keep their add message in the
+# responder state.
 _ALERT_FIELDS = (
     "rule_id", "level", "groups", "id", "timestamp", "description", "agent_id", "agent_name",
-    "agent_ip", "srcip", "srcuser", "dstuser", "filename", "location", "full_log",
+    "agent_ip", "srcip", "srcuser", "dstuser", "filename", "location",
 )
 
 
 def alert_to_dict(alert: Alert) -> dict[str, Any]:
     out: dict[str, Any] = {name: getattr(alert, name) for name in _ALERT_FIELDS}
     out["groups"] = list(alert.groups)
-    out["raw"] = dict(alert.raw)
     return out
 
 
@@ -277,22 +279,7 @@ class Tx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
-        self._n = 0
         self._cursors: dict[str, tuple[str, float]] = {}
-
-    @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """A nested unit: on an exception only its own writes are undone, then it re-raises."""
-        self._n += 1
-        name = f"sp{self._n}"
-        self._c.execute(f"SAVEPOINT {name}")
-        try:
-            yield
-        except BaseException:
-            self._c.execute(f"ROLLBACK TO {name}")
-            self._c.execute(f"RELEASE {name}")
-            raise
-        self._c.execute(f"RELEASE {name}")
 
     def mark_applied(
         self, command: str, key: str, order_id: str, state: State, applied_at: float
@@ -519,13 +506,24 @@ class Ledger(_Reader):
             (command, key, order_id),
         ) > 0
 
-    def remove_unchanged(self, entry: Entry) -> bool:
-        """Remove ``entry`` only if no repeat refreshed it since it was read (False then)."""
-        return self._write(
-            "DELETE FROM entries WHERE command = ? AND key = ? AND order_id = ? "
-            "AND expires_at IS ? AND offences = ?",
-            (entry.command, entry.key, entry.order_id, entry.expires_at, entry.offences),
-        ) > 0
+    def retire(self, entry: Entry, *, only_if_unchanged: bool = False) -> bool:
+        """Remove ``entry`` and keep its offender counter (for escalation after the undo).
+
+        With ``only_if_unchanged`` nothing happens (False) when a repeat refreshed the row since
+        it was read: the undo raced a new offence and the action must stay.
+        """
+        with self.transaction() as tx:
+            sql = "DELETE FROM entries WHERE command = ? AND key = ? AND order_id = ?"
+            params: tuple[Any, ...] = (entry.command, entry.key, entry.order_id)
+            if only_if_unchanged:
+                sql += " AND expires_at IS ? AND offences = ?"
+                params += (entry.expires_at, entry.offences)
+            if tx._c.execute(sql, params).rowcount == 0 and only_if_unchanged:
+                return False
+            previous, _ = tx.offender(entry.command, entry.key)
+            if entry.offences >= previous:
+                tx.set_offender(entry.command, entry.key, entry.offences, entry.last_offence)
+        return True
 
     def remove_job(self, order_id: str) -> None:
         self._write("DELETE FROM jobs WHERE order_id = ?", (order_id,))
