@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -139,25 +140,33 @@ def make_bundle(spool: Path, size: int) -> tuple[Path, Path]:
     return result.path, result.manifest_path
 
 
-def run_dfir(config: Config, keep: Path, bundle: Path, manifest: Path) -> float:
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_dfir(config: Config, keep: Path, bundle: Path, manifest: Path) -> tuple[float, float]:
+    """Wall seconds and client CPU seconds (all threads) of one drain of the spool."""
     for src, dst in ((keep / bundle.name, bundle), (keep / manifest.name, manifest)):
         os.link(src, dst)
     uploader = Uploader(config)
+    cpu = _cpu(resource.RUSAGE_SELF)
     start = time.monotonic()
     count = uploader.drain_once()
     elapsed = time.monotonic() - start
     assert count == 1, "dfir-ar did not upload the bundle"
-    return elapsed
+    return elapsed, _cpu(resource.RUSAGE_SELF) - cpu
 
 
-def run_aws(path: Path, n: int) -> float:
+def run_aws(path: Path, n: int) -> tuple[float, float]:
     env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET,
                AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/dev/null",
                AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+    cpu = _cpu(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     subprocess.run([_aws(), "s3", "cp", "--only-show-errors", "--endpoint-url", ENDPOINT, str(path),
                     f"s3://{BUCKET}/aws/{n}/{path.name}"], env=env, check=True)
-    return time.monotonic() - start
+    return time.monotonic() - start, _cpu(resource.RUSAGE_CHILDREN) - cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         part = choose_part_size(size, ev.part_size_mb * MiB, ev.upload_concurrency)
         print(f"bundle {size / MiB:.0f} MiB; dfir-ar parts of {part / MiB:.0f} MiB, "
               f"{ev.upload_concurrency} in flight; aws s3 cp defaults (8 MiB x 10)", flush=True)
-        dfir, aws = [], []
+        dfir: list[tuple[float, float]] = []
+        aws: list[tuple[float, float]] = []
         for rep in range(args.reps):
             # Alternate who goes first so page cache and server warm-up favour neither.
             order = ("dfir", "aws") if rep % 2 == 0 else ("aws", "dfir")
@@ -206,12 +216,17 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     aws.append(run_aws(keep / bundle.name, rep))
                 empty_bucket()
-            print(f"rep {rep + 1}: dfir-ar {size / MiB / dfir[-1]:.1f} MiB/s, "
-                  f"aws s3 cp {size / MiB / aws[-1]:.1f} MiB/s", flush=True)
-        d, a = statistics.median(dfir), statistics.median(aws)
-        print(f"\nmedian of {args.reps}: dfir-ar {d:.2f} s = {size / MiB / d:.1f} MiB/s; "
-              f"aws s3 cp {a:.2f} s = {size / MiB / a:.1f} MiB/s")
-        print(f"ratio (dfir-ar MB/s / aws MB/s): {a / d:.2f}x  (target >= 1.0x)")
+            print(f"rep {rep + 1}: dfir-ar {size / MiB / dfir[-1][0]:.1f} MiB/s "
+                  f"(client CPU {dfir[-1][1]:.1f} s), aws s3 cp {size / MiB / aws[-1][0]:.1f} MiB/s "
+                  f"(client CPU {aws[-1][1]:.1f} s)", flush=True)
+        d = statistics.median(w for w, _ in dfir)
+        a = statistics.median(w for w, _ in aws)
+        dc = statistics.median(c for _, c in dfir)
+        ac = statistics.median(c for _, c in aws)
+        print(f"\nmedian of {args.reps}: dfir-ar {d:.2f} s = {size / MiB / d:.1f} MiB/s, client CPU "
+              f"{dc:.1f} s; aws s3 cp {a:.2f} s = {size / MiB / a:.1f} MiB/s, client CPU {ac:.1f} s")
+        print(f"ratio (dfir-ar MB/s / aws MB/s): {a / d:.2f}x  (target >= 1.0x); "
+              f"client CPU ratio (dfir-ar / aws): {dc / ac:.2f}")
     finally:
         if proc is not None:
             stop_weed(proc)

@@ -112,3 +112,12 @@ def test_manifest_facts_and_refusals() -> None:
         ManifestFacts.from_json(json.dumps({**raw, "agent": {"id": "../../etc"}}).encode())
     assert parse_time(0) == datetime(1970, 1, 1, tzinfo=UTC)
     assert parse_time("garbage") is None
+
+
+def test_resume_log_that_cannot_be_written_does_not_stop_the_upload(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    log = ResumeLog(not_a_dir / "x.upload.jsonl")  # ENOTDIR on every write
+    log.start(_ResumeHeader("k", "u", 1, "ab" * 32, 5 * MiB))
+    log.add_part(1, '"e"', "c")
+    assert log.load() == (None, {})

@@ -188,6 +188,7 @@ class ResumeLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._broken = False
 
     def load(self) -> tuple[_ResumeHeader | None, dict[int, tuple[str, str]]]:
         try:
@@ -216,18 +217,38 @@ class ResumeLog:
 
     def start(self, header: _ResumeHeader) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"t": "upload", **asdict(header)}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with tmp.open("w", encoding="utf-8") as fh:
+                fh.write(json.dumps({"t": "upload", **asdict(header)}) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            self._give_up(exc)
 
     def add_part(self, number: int, etag: str, checksum: str) -> None:
         line = json.dumps({"t": "part", "n": number, "etag": etag, "sha256": checksum}) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with self._lock:
+            if self._broken:
+                return
+            try:
+                with self.path.open("a", encoding="utf-8") as fh:
+                    fh.write(line)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                self._give_up(exc)
+
+    def _give_up(self, exc: OSError) -> None:
+        # The log only saves work after a crash; a full spool disk must not stop the upload
+        # that would free it.
+        self._broken = True
+        log.warning(
+            "cannot write the resume log %s (%s); the upload goes on, but a crash now would "
+            "restart it from the first part", self.path, exc.strerror or exc,
+        )
+        with contextlib.suppress(OSError):
+            self.path.unlink()
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
