@@ -86,10 +86,10 @@ def _build(
 
 def tools_present() -> dict[str, bool]:
     """Which backends' tools are installed (for ``check_compatible`` and ``plugins show``)."""
-    import ctypes.util
+    from dfir_ar.netfilter.libnft import available
 
     return {
-        "nftables": ctypes.util.find_library("nftables") is not None,
+        "nftables": available(),
         "ipset": shutil.which("ipset") is not None and shutil.which("iptables") is not None,
         "iptables": shutil.which("iptables") is not None,
     }

@@ -68,6 +68,15 @@ def _load() -> ctypes.CDLL:
         return lib
 
 
+def available() -> bool:
+    """True when libnftables can be loaded here (no context is created, nothing runs)."""
+    try:
+        _load()
+    except PluginUnavailable:
+        return False
+    return True
+
+
 class NftError(ExecutionError):
     """libnftables refused a batch; the message carries its error text."""
 

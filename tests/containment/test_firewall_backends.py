@@ -168,3 +168,16 @@ def test_two_commands_share_an_address_without_undoing_each_other(
         assert pair.ping_ok(pair.b4)
     finally:
         agent(short_fw.teardown)
+
+
+@pytest.mark.root
+def test_backend_choice(pair: NetPair, agent: InNetns, tmp_path: Path) -> None:
+    """auto takes nftables where libnftables works; a configured fallback is honoured."""
+    from dfir_ar.netfilter import make_backend, tools_present
+
+    assert tools_present() == {"nftables": True, "ipset": True, "iptables": True}
+    assert agent(make_backend, "auto", []).name == "nftables"
+    assert agent(make_backend, "ipset", []).name == "ipset"
+    assert agent(make_backend, "iptables", []).name == "iptables"
+    fw = _make(agent, pair, tmp_path, "nftables")
+    assert fw.backend.describe() == "nftables table inet dfir_ar (libnftables, kernel timeouts)"
