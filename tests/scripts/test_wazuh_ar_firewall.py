@@ -58,7 +58,7 @@ def test_firewall_drop_via_wazuh_ar_in_namespace(pair: NetPair, tmp_path: Path) 
         f'[global]\nstate_dir = "{tmp_path / "state"}"\nlog_dir = "{tmp_path}"\n'
         '[responders.firewall-drop]\nbackend = "nftables"\n'
     )
-    assert pair.ping_ok()
+    assert pair.ping_ok(count=3, wait=2)  # bounded; any reply counts (the host may be busy)
     seen = wazuh_ar(pair, config, "add", ["--timeout", "600"])
     assert seen[0]["command"] == "check_keys" and seen[0]["parameters"]["keys"] == [pair.a4]
     assert not pair.ping_ok()
@@ -68,4 +68,4 @@ def test_firewall_drop_via_wazuh_ar_in_namespace(pair: NetPair, tmp_path: Path) 
     assert elem["val"] == pair.a4
     assert 590 <= elem["timeout"] <= 600  # the kernel will lift it by itself
     assert wazuh_ar(pair, config, "delete", ["--timeout", "600"]) == []
-    assert pair.ping_ok()
+    assert pair.ping_ok(count=3, wait=2)  # bounded; any reply counts (the host may be busy)
