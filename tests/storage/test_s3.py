@@ -317,3 +317,20 @@ def test_sse_and_content_md5_options(tmp_path: Path, seaweed: Seaweed) -> None:
         assert head["ServerSideEncryption"] == "AES256"
         body = admin.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert hashlib.sha256(body).hexdigest() == head["Metadata"]["dfir-sha256"]
+
+
+def test_different_object_at_the_same_key_is_never_overwritten(tmp_path: Path, seaweed: Seaweed) -> None:
+    bucket = seaweed.new_bucket()
+    config = _s3_config(tmp_path, seaweed, bucket=bucket)
+    bundle = make_bundle(config.spool_dir)
+    from dfir_ar.evidence.spool import ManifestFacts
+    from dfir_ar.evidence.stores.base import bundle_key
+
+    facts = ManifestFacts.from_json(bundle.manifest_path.read_bytes())
+    key = bundle_key(PREFIX, facts.agent_id, facts.created, facts.bundle_id)
+    admin = seaweed.client()
+    admin.put_object(Bucket=bucket, Key=key, Body=b"planted by someone else")
+    with pytest.raises(StoreError, match="never overwritten"):
+        Uploader(config).drain_once()
+    assert bundle.path.exists()
+    assert admin.get_object(Bucket=bucket, Key=key)["Body"].read() == b"planted by someone else"

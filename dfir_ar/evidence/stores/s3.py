@@ -528,6 +528,15 @@ class S3Store(EvidenceStore):
             if resume_state is not None:
                 ResumeLog(resume_state).remove()
             return existing
+        if existing is not None:
+            # Bundle ids are unique, so different bytes under the same key mean someone else
+            # wrote there: keep both copies and let a human look.
+            theirs = existing.meta.sha256 if existing.meta else "unknown"
+            raise StoreError(
+                f"{self._where(key)} already exists with different content (SHA-256 {theirs}, "
+                f"ours {meta.sha256}); evidence is never overwritten, the bundle stays in the "
+                "spool; investigate the object in the store"
+            )
         threshold = self.evidence.multipart_threshold_mb * 1024 * 1024
         if size < max(threshold, MIN_PART):
             expected = self._put_single(path, key, meta, size, progress, stats)
