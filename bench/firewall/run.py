@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/firewall needs root (network namespaces, nftables)", file=sys.stderr)
         return 2
 
-    res: dict[str, Any] = {"count": args.count, "big": args.big, "reps": args.reps}
+    res: dict[str, Any] = {"count": args.count, "big": args.big, "reps": args.reps,
+                           "loadavg_start": os.getloadavg()[0]}
     batch = addrs(0, args.count)
     with bench_env() as (pair, agent):
         ns = pair.agent
@@ -235,9 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         agent(fw_ipset.teardown)
 
+    res["loadavg_end"] = os.getloadavg()[0]
     b, s, p = res["batch"], res["single_at_big"], res["packet_path_ms"]
     scaled = f" (scaled from {sample})" if sample != args.count else ""
-    print(f"bench/firewall — medians of {args.reps} runs (peer batch: {args.peer_reps} runs)")
+    print(f"bench/firewall — medians of {args.reps} runs (peer batch: {args.peer_reps} runs); "
+          f"load average {res['loadavg_start']:.1f} at start, {res['loadavg_end']:.1f} at end "
+          f"on {os.cpu_count()} CPUs")
     print(f"1. block {args.count:,} addresses")
     print(f"   dfir-ar nftables add_many      {b['dfir_ar_nftables_add_many_s']:8.3f} s")
     print(f"   dfir-ar ipset add_many         {b['dfir_ar_ipset_add_many_s']:8.3f} s")
