@@ -1,8 +1,9 @@
 """Follow an alerts file with a durable cursor (device, inode, offset).
 
 - Resume: the cursor's file is read from the cursor's offset; a restart neither loses nor repeats.
-- Rotation (rename + new file, what logrotate and Wazuh do): the old file is read to its end
-  through the descriptor still open, then the new file from offset 0. After a restart whose
+- Rotation (rename + new file, what logrotate and Wazuh do): the old file is read through the
+  descriptor still open until it has been quiet for ``rotate_wait`` (a writer may append to it
+  until it reopens; at most ``rotate_max``), then the new file from offset 0. After a restart whose
   cursor names a rotated file, that file is found again by inode beside the path and finished
   first.
 - Truncation (copytruncate): the file shrinking below what was read restarts at offset 0.
@@ -24,6 +25,7 @@ import logging
 import os
 import select
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +135,8 @@ class FileTail:
         start_at: str = "end",
         use_inotify: bool = True,
         safety_poll: float = 0.1,
+        rotate_wait: float = 0.1,
+        rotate_max: float = 2.0,
     ) -> None:
         if start_at not in ("end", "beginning"):
             raise ValueError("start_at must be 'end' or 'beginning'")
@@ -145,6 +149,8 @@ class FileTail:
         self.start_at = start_at
         self.use_inotify = use_inotify
         self.safety_poll = safety_poll
+        self.rotate_wait = rotate_wait
+        self.rotate_max = rotate_max
         self.waker: Inotify | None = None
         self.ready = threading.Event()
         """Set once the file is open and positioned: lines appended from then on are delivered."""
@@ -212,6 +218,19 @@ class FileTail:
             for item, end in cur.reader.feed(data):
                 handle(item, Cursor(name, prefix + str(end)))
         return total
+
+    def _drain_rotated(self, cur: _Open, handle: Handler, stop: threading.Event) -> None:
+        """Keep reading a file that was just rotated away until its writer has stopped writing
+        to it (quiet for rotate_wait), or rotate_max has passed: a writer appends to its old
+        descriptor until it notices the rotation and reopens."""
+        start = quiet = time.monotonic()
+        while not stop.is_set():
+            if self._pump(cur, handle, stop):
+                quiet = time.monotonic()
+            now = time.monotonic()
+            if now - quiet >= self.rotate_wait or now - start >= self.rotate_max:
+                return
+            stop.wait(min(self.poll_interval * 5, self.rotate_wait / 4))
 
     def _finish(self, cur: _Open, handle: Handler, stop: threading.Event) -> None:
         """Read ``cur`` to its end for the last time (it was rotated away) and close it."""
@@ -311,6 +330,7 @@ class FileTail:
                     st = None  # renamed away, new one not created yet: keep reading the old fd
                 if st is not None and (st.st_dev, st.st_ino) != (cur.dev, cur.ino):
                     log.info("%s: %s was rotated; finishing the old file", self.name, self.path)
+                    self._drain_rotated(cur, handle, stop)
                     old = cur
                     cur = None
                     self._finish(old, handle, stop)

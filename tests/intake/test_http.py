@@ -182,4 +182,4 @@ def test_connection_cap_answers_503_instead_of_piling_up_threads(
         status, _ = post(source, wazuh_line())
         if status == 202:
             break
-    assert status == 202 and source.counters["busy"] == 1
+    assert status == 202 and source.counters["busy"] >= 1  # retries may meet 503 too

@@ -111,12 +111,15 @@ def test_rotation_finishes_the_old_file_then_reads_the_new_one(
         path.rename(tmp_path / "alerts.json.1")
         old.write(wazuh_line(n=1))  # the writer still has the old file open
         old.flush()
-        path.write_bytes(wazuh_line(n=2))  # then reopens: a new file
-        old.write(wazuh_line(n=3)[:30])  # and a torn last line in the old file
-    rec.wait_for(4)
-    append(path, wazuh_line(n=4))
+        path.write_bytes(wazuh_line(n=2))  # a new file appears (another writer, or logrotate)
+        time.sleep(0.02)
+        old.write(wazuh_line(n=5))  # our writer has not reopened yet: still the old file
+        old.write(wazuh_line(n=3)[:30])  # and it leaves a torn last line there
     rec.wait_for(5)
-    assert ids(rec) == ["1795334410.0", "1795334410.1", "1795334410.2", "1795334410.4"]
+    append(path, wazuh_line(n=4))
+    rec.wait_for(6)
+    # The old file first, to its end (rotate_wait), then the new one.
+    assert ids(rec) == [f"1795334410.{n}" for n in (0, 1, 5, 2, 4)]
     assert len(rec.rejected) == 1  # the torn line: refused with a reason, not silently dropped
 
 
