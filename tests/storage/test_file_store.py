@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from dfir_ar.cli.bundles_remote import get_cmd, list_cmd, push_cmd
 from dfir_ar.errors import EvidenceError, StoreError, VerificationFailed
 from dfir_ar.evidence.retrieve import Filter, fetch_and_verify, list_bundles
 from dfir_ar.evidence.spool import SPOOL_FULL_MARK, SpoolFull, Uploader, check_spool_quota
-from dfir_ar.evidence.stores.base import open_store
+from dfir_ar.evidence.stores.base import ObjectInfo, open_store
+from dfir_ar.evidence.stores.file import FileStore
 from dfir_ar.ids import new_id
 from tests.storage.conftest import TinyDisk, make_bundle, make_config, write_config_file
 
@@ -172,3 +174,34 @@ def test_bundles_verify_accepts_an_id_fetched_from_the_store(tmp_path: Path) -> 
     listed = runner.invoke(cli, ["bundles", "list", "-c", cfg, "--json"])
     assert listed.exit_code == 0 and {r["bundle_id"] for r in json.loads(listed.output)} == {
         good.bundle_id, bad.bundle_id}
+
+
+class _CountingStore(FileStore):
+    """The real file store, recording which prefixes were listed."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.listed: list[str] = []
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        self.listed.append(prefix)
+        return super().list_dirs(prefix)
+
+    def list_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+        self.listed.append(prefix)
+        return super().list_keys(prefix)
+
+
+def test_list_with_agent_and_since_touches_only_those_prefixes(tmp_path: Path) -> None:
+    config = _file_config(tmp_path)
+    for day in (1, 2, 3):
+        make_bundle(config.spool_dir, created=datetime(2026, 5, day, 12, tzinfo=UTC))
+        make_bundle(config.spool_dir, agent_id="agent2", created=datetime(2026, 5, day, 12, tzinfo=UTC))
+    make_bundle(config.spool_dir, created=datetime(2025, 5, 3, 12, tzinfo=UTC))
+    Uploader(config).drain_once()
+    store = _CountingStore(tmp_path / "store")
+    found = list_bundles(store, Filter(agent="agent1", since=datetime(2026, 5, 3, tzinfo=UTC)))
+    assert [e.created.day for e in found] == [3] and found[0].agent_id == "agent1"
+    assert not any("agent2" in p for p in store.listed)
+    skipped = ("agent1/2025", "agent1/2026/05/01", "agent1/2026/05/02")
+    assert not any(p.startswith(skipped) for p in store.listed)
