@@ -26,6 +26,7 @@ plain .tar.zst for every other tool.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
@@ -132,21 +133,35 @@ class _ArtifactFile:
         return self._size
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        view = memoryview(data).cast("B")
+        n = view.nbytes
         with self._bundle._lock:
             if self.closed:
                 raise ByteCapReached(f"artifact {self.path} is closed (bundle sealed)")
             # All or nothing: a record-structured file (pcap, JSONL) stays well-formed at the cap.
             self._bundle._reserve(n)
-            self._fh.write(data)
-            self._hash.update(data)
+            done = 0
+            try:
+                # Unbuffered: the hash covers exactly what reached the file, even on ENOSPC.
+                while done < n:
+                    done += self._fh.write(view[done:]) or 0
+            except OSError as exc:
+                self._bundle._written -= n
+                self._undo(self._size)
+                raise self._bundle._write_failed(self.path, exc) from exc
+            self._hash.update(view)
             self._size += n
         return n
 
+    def _undo(self, size: int) -> None:
+        """Drop a partly written chunk. Best effort: the archive takes exactly ``size`` bytes
+        of the staging file anyway, so a tail that cannot be cut never reaches a bundle."""
+        with contextlib.suppress(OSError):
+            self._fh.seek(size)
+            os.ftruncate(self._fh.fileno(), size)
+
     def flush(self) -> None:
-        with self._bundle._lock:
-            if not self.closed:
-                self._fh.flush()
+        """Nothing to do: writes are unbuffered (kept for file-like callers)."""
 
     def _close(self) -> ArtifactEntry:
         """Called with the bundle lock held."""
@@ -273,7 +288,7 @@ class BundleWriter:
             inner = f"{ARTIFACTS_DIR}/{current.name}/{rel}"
             target = self.staging_dir / inner
             target.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(target, "xb", buffering=256 * 1024)  # noqa: SIM115 - closed in _close
+            fh = open(target, "xb", buffering=0)  # noqa: SIM115 - closed in _close
             art = _ArtifactFile(self, inner, media_type, fh)
             self._open.append(art)
         try:
@@ -300,6 +315,15 @@ class BundleWriter:
         if self._written + n >= self._next_disk_check:
             self._check_disk(force=True)
         self._written += n
+
+    def _write_failed(self, path: str, exc: OSError) -> Exception:
+        """ENOSPC/EDQUOT/EFBIG stop the collector like the disk floor (PARTIAL); other I/O errors
+        fail it, naming the artifact."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            reason = f"disk full while writing {path} ({exc.strerror})"
+            self.stop_reason = self.stop_reason or reason
+            return DiskFloorReached(reason)
+        return EvidenceError(f"cannot write {path} in {self.staging_dir}: {exc.strerror or exc}")
 
     def _check_disk(self, *, force: bool) -> None:
         # statvfs every DISK_CHECK_EVERY bytes, not per write: pcap writes are small and many.
@@ -623,6 +647,22 @@ def recover_spool(
     return results
 
 
+def _intact(path: Path, entry: ArtifactEntry) -> bool:
+    h = hashlib.sha256()
+    left = entry.size
+    try:
+        with open(path, "rb") as fh:
+            while left > 0:
+                chunk = fh.read(min(_COPY_CHUNK, left))
+                if not chunk:
+                    return False
+                h.update(chunk)
+                left -= len(chunk)
+    except OSError:
+        return False
+    return h.hexdigest() == entry.sha256
+
+
 def _try_lock(staging: Path) -> int | None:
     try:
         fd = os.open(staging / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
@@ -659,8 +699,12 @@ def _recover_one(
         shutil.rmtree(staging, ignore_errors=True)
         return None
     state = json.loads(state_path.read_bytes())
-    artifacts = tuple(ArtifactEntry.model_validate(a) for a in state["artifacts"])
-    known = {a.path for a in artifacts}
+    listed = [ArtifactEntry.model_validate(a) for a in state["artifacts"]]
+    # After a crash the page cache may not have reached the disk: check each closed artifact
+    # against its recorded hash (reading back is fine on this rare path) and drop damaged ones.
+    artifacts = tuple(a for a in listed if _intact(staging / a.path, a))
+    damaged = sorted(a.path for a in listed if a not in artifacts)
+    known = {a.path for a in listed}
     dropped = sorted(
         str(p.relative_to(staging))
         for p in (staging / ARTIFACTS_DIR).rglob("*")
@@ -677,8 +721,17 @@ def _recover_one(
             started=datetime.fromisoformat(c["started"]), ended=now, status=Status.FAILED,
             error="dfir-ar stopped (crash or kill) before this collector finished; "
                   "artifacts closed before the stop are kept, incomplete ones dropped",
-            details={"dropped_incomplete_artifacts": dropped},
+            details={"dropped_incomplete_artifacts": dropped,
+                     "dropped_damaged_artifacts": damaged},
         ))
+    for i, rec in enumerate(records):
+        lost = [p for p in damaged if p.startswith(f"{ARTIFACTS_DIR}/{rec.name}/")]
+        if lost and rec.status is Status.OK:
+            records[i] = rec.model_copy(update={
+                "status": Status.PARTIAL,
+                "reason": f"artifacts damaged by a crash before the seal were dropped: "
+                          f"{', '.join(lost)}",
+            })
     if not records:
         records.append(CollectorRecord(
             name="unknown", version="", started=now, ended=now, status=Status.FAILED,

@@ -307,3 +307,73 @@ def test_failed_seal_keeps_staging_and_recovery_finishes_it(spool_dir: Path) -> 
     (result,) = recover_spool(spool_dir)
     assert result.status is Status.OK
     assert verify_bundle(result.path).ok
+
+
+ENOSPC_SCRIPT = r"""
+import json, subprocess, sys
+from pathlib import Path
+from dfir_ar.collector import ByteCapReached, Outcome, Status
+from dfir_ar.evidence.verify import verify_bundle
+from tests.evidence.helpers import make_writer
+spool = Path(sys.argv[1])
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(spool)], check=True)
+w = make_writer(spool, "memory")
+chunks = 0
+try:
+    with w.artifact("dump.bin", "application/octet-stream") as f:
+        while True:
+            f.write(b"\0" * 65536)
+            chunks += 1
+except ByteCapReached as exc:
+    reason = str(exc)
+w.end_collector(Outcome(Status.OK))
+result = w.seal()
+report = verify_bundle(result.path)
+print(json.dumps({"chunks": chunks, "reason": reason, "ok": report.ok,
+                  "problems": report.problems, "status": result.status.value,
+                  "size": report.manifest.artifacts[0].size,
+                  "collector_reason": report.manifest.collectors[0].reason}))
+"""
+
+
+def test_real_enospc_stops_cleanly_and_the_bundle_verifies(tmp_path: Path) -> None:
+    """A tmpfs of 600 KiB in a private mount namespace fills up mid-artifact."""
+    import subprocess
+    import sys
+
+    from tests.conftest import require_root, require_tool
+
+    require_root()
+    require_tool("unshare", "mount")
+    spool = tmp_path / "small"
+    spool.mkdir()
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", ENOSPC_SCRIPT,
+         str(spool)],
+        capture_output=True, text=True, timeout=60, check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["ok"], out["problems"]
+    assert out["status"] == "partial"
+    assert "disk full" in out["reason"] and "disk full" in out["collector_reason"]
+    assert out["size"] == out["chunks"] * 65536 > 0  # all or nothing per write
+
+
+def test_recovery_drops_artifacts_damaged_before_the_seal(spool_dir: Path) -> None:
+    w = make_writer(spool_dir, "c")
+    with w.artifact("good.bin", MEDIA_OCTETS) as f:
+        f.write(b"good" * 100)
+    with w.artifact("bad.bin", MEDIA_OCTETS) as f:
+        f.write(b"bad!" * 100)
+    w.end_collector(Outcome(Status.OK))
+    (w.staging_dir / "artifacts/c/bad.bin").write_bytes(b"\0" * 400)  # what a power cut leaves
+    w._release_lock()
+    (result,) = recover_spool(spool_dir)
+    report = verify_bundle(result.path)
+    assert report.ok, report.problems
+    assert report.manifest is not None
+    assert [a.path for a in report.manifest.artifacts] == ["artifacts/c/good.bin"]
+    assert result.status is Status.PARTIAL
+    assert "artifacts/c/bad.bin" in report.manifest.collectors[0].reason
