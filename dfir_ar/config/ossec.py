@@ -53,16 +53,16 @@ def parse_ossec_conf(path: Path, text: str) -> dict[str, Any]:
                 f"{path}: <command> {cmd['name']!r}: missing <executable>; "
                 "name the script in active-response/bin (e.g. firewall-drop)"
             )
-        cmd["executable"] = _strip_script_suffix(executable)
+        extra = _text(el.find("extra_args")).split()
+        cmd["executable"], extra = _native_executable(executable, extra)
+        if extra:
+            cmd["extra_args"] = extra
         expect = _text(el.find("expect"))
         if expect:
             cmd["expect"] = [("username" if e == "user" else e) for e in _split(expect)]
         ta = _text(el.find("timeout_allowed"))
         if ta:
             cmd["timeout_allowed"] = ta.lower() in _YES
-        extra = _text(el.find("extra_args"))
-        if extra:
-            cmd["extra_args"] = extra.split()
         commands.append(cmd)
 
     responses: list[dict[str, Any]] = []
@@ -108,9 +108,20 @@ _BUILTIN_SCRIPTS = {
 }
 
 
-def _strip_script_suffix(executable: str) -> str:
-    """OSSEC names its scripts ``firewall-drop.sh``; map the built-ins onto dfir-ar's plug-ins."""
-    return _BUILTIN_SCRIPTS.get(executable, executable)
+def _native_executable(executable: str, extra_args: list[str]) -> tuple[str, list[str]]:
+    """Map what an ossec.conf names onto dfir-ar's plug-ins where it means one.
+
+    OSSEC names its scripts ``firewall-drop.sh``; a Wazuh install using dfir-ar on its agents
+    (examples/wazuh) names ``dfir-ar-<plugin>`` links, or ``dfir-ar-wazuh-ar`` with
+    ``--plugin NAME`` in extra_args. Anything else stays a script in active_response_dir.
+    """
+    if executable == "dfir-ar-wazuh-ar" and "--plugin" in extra_args:
+        i = extra_args.index("--plugin")
+        if i + 1 < len(extra_args):
+            return extra_args[i + 1], extra_args[:i] + extra_args[i + 2 :]
+    if executable.startswith("dfir-ar-") and executable != "dfir-ar-wazuh-ar":
+        return executable.removeprefix("dfir-ar-"), extra_args
+    return _BUILTIN_SCRIPTS.get(executable, executable), extra_args
 
 
 def _int(path: Path, command: str, key: str, value: str) -> int:

@@ -169,3 +169,12 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
 
     assert config_path(None) == path
     assert config_path("x.toml") == Path("x.toml")
+
+
+def test_wazuh_agent_conf_using_dfir_ar_links_imports_to_plugins() -> None:
+    cfg = load_config(EXAMPLES / "wazuh" / "ossec.conf").config
+    execs = {c.name: c.executable for c in cfg.command}
+    assert execs["dfir-firewall-drop"] == "firewall-drop"
+    yara = cfg.command_named("dfir-yara")
+    assert yara is not None and yara.executable == "yara"
+    assert "--plugin" not in yara.extra_args
