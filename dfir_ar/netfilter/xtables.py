@@ -9,10 +9,11 @@ is deleting two jumps and one chain per family.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Sequence
 
 from dfir_ar import procs
-from dfir_ar.errors import ConfigError, ExecutionError
+from dfir_ar.errors import ConfigError, PluginUnavailable
 
 TOOL_DEADLINE = 30.0
 HOOKS = ("INPUT", "FORWARD")
@@ -104,29 +105,10 @@ def append_script(chain: str, lines: Sequence[str]) -> str:
 
 
 def require(*names: str) -> None:
-    import shutil
-
-    from dfir_ar.errors import PluginUnavailable
-
+    """Raise PluginUnavailable naming the first missing tool."""
     for name in names:
         if shutil.which(name) is None:
             raise PluginUnavailable(
                 f"{name} is not installed",
                 hint="apt-get install iptables ipset (or use backend = \"nftables\")",
             )
-
-
-__all__ = [
-    "ExecutionError",
-    "append_script",
-    "chain_exists",
-    "chain_rules",
-    "check_name",
-    "ensure_jumps",
-    "jumps_present",
-    "remove_chain",
-    "require",
-    "restore",
-    "restore_script",
-    "xt",
-]
