@@ -250,3 +250,23 @@ def test_serve_collects_evidence_and_uploads_it(tmp_path: Path) -> None:
     assert bundle.name == f"{rec['details']['bundle_id']}.tar.zst"  # type: ignore[index]
     assert bundle.with_name(bundle.name.replace(".tar.zst", ".manifest.json")).exists()
     assert setup.deny_lines() == ["ALL: 203.0.113.90"]  # both bindings fired
+
+
+def test_hostile_corpus_runs_nothing_and_serve_keeps_going(tmp_path: Path) -> None:
+    corpus = Path(__file__).resolve().parents[2] / "examples" / "alerts" / "hostile.jsonl"
+    records = [line for line in corpus.read_bytes().split(b"\n") if line]
+    assert len(records) >= 200
+    setup = make_setup(tmp_path, timeout=60)
+    with serving(setup) as serve:
+        with setup.alerts.open("ab") as fh:
+            fh.write(b"\n".join(records) + b"\n")
+        # A legitimate alert after the corpus proves the service kept going through it.
+        setup.append(wazuh_alert("203.0.113.77"))
+        wait_for(lambda: setup.deny_lines() == ["ALL: 203.0.113.77"], 30, "the last alert")
+        assert serve.terminate() == 0
+        log = serve.log()
+    adds = [r for r in setup.audit() if r["action"] in ("add", "refresh", "collect")]
+    assert [r["key"] for r in adds] == ["203.0.113.77"]
+    assert "Traceback" not in log
+    ar_lines = (setup.log_dir / "active-responses.log").read_text().splitlines()
+    assert len(ar_lines) == 3  # Starting, the input JSON, Ended: for the legitimate alert only
