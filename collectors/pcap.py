@@ -64,6 +64,7 @@ FINAL_DRAIN = 200_000
 _RECORD = struct.Struct("<IIII")
 _TIMESPEC = struct.Struct("@qq")
 _AUXDATA = struct.Struct("@IIIHHHH")  # struct tpacket_auxdata
+_AUX_LEN = struct.Struct("@4xI")  # its tp_len: the length on the wire
 _MEDIA_PCAP = "application/vnd.tcpdump.pcap"
 
 
@@ -351,34 +352,56 @@ class _Reader:
         self._view = memoryview(self._buf)
         self._anc = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_AUXDATA.size)
 
+    def _limit_reason(self) -> str:
+        if self.max_bytes and self.max_bytes <= self.bundle_limit:
+            return f"--max-bytes {self.max_bytes} reached"
+        return "byte cap reached (the bundle's size limit)"
+
     def drain(self, cap: _Capture, budget: int) -> None:
+        # The per-packet path of the collector: locals only, one recvmsg, two appends.
         view, snaplen, recv = self._view, self.snaplen, cap.sock.recvmsg_into
+        anc_size = self._anc
         flags = socket.MSG_TRUNC | socket.MSG_DONTWAIT
         loopback = cap.iface.is_loopback
-        for _ in range(budget):
-            try:
-                n, anc, _flags, address = recv([view], self._anc, flags)
-            except BlockingIOError:
-                return
-            if loopback and address[2] == PACKET_OUTGOING:
-                continue  # lo delivers each packet twice; libpcap drops this copy too
-            captured = min(n, snaplen)
-            sec, nsec, original = _ancillary(anc, n)
-            size = _RECORD.size + captured
-            if self.max_bytes and self.bytes + size > self.max_bytes:
-                raise _Stop(Status.PARTIAL, f"--max-bytes {self.max_bytes} reached")
-            if self.bytes + size > self.bundle_limit:
-                raise _Stop(Status.PARTIAL, "byte cap reached (the bundle's size limit)")
-            cap.buffer += _RECORD.pack(sec, nsec, captured, original)
-            cap.buffer += view[:captured]
-            cap.packets += 1
-            cap.bytes += size
-            self.bytes += size
-            self.packets += 1
-            if len(cap.buffer) >= FLUSH_AT:
-                _flush(cap)
-            if self.max_packets and self.packets >= self.max_packets:
-                raise _Stop(Status.OK, "")
+        buf = cap.buffer
+        pack = _RECORD.pack
+        ts_unpack = _TIMESPEC.unpack_from
+        aux_len = _AUX_LEN.unpack_from
+        limit = min(self.max_bytes, self.bundle_limit) if self.max_bytes else self.bundle_limit
+        max_packets = self.max_packets or -1
+        total_bytes, total_packets = self.bytes, self.packets
+        got = got_bytes = 0
+        try:
+            for _ in range(budget):
+                try:
+                    n, anc, _flags, address = recv([view], anc_size, flags)
+                except BlockingIOError:
+                    return
+                if loopback and address[2] == PACKET_OUTGOING:
+                    continue  # lo delivers each packet twice; libpcap drops this copy too
+                captured = n if n < snaplen else snaplen
+                if len(anc) == 2 and anc[0][1] == SO_TIMESTAMPNS and anc[1][1] == PACKET_AUXDATA:
+                    sec, nsec = ts_unpack(anc[0][2])
+                    original = aux_len(anc[1][2])[0]
+                else:
+                    sec, nsec, original = _ancillary(anc, n)
+                size = 16 + captured
+                if total_bytes + size > limit:
+                    raise _Stop(Status.PARTIAL, self._limit_reason())
+                buf += pack(sec, nsec, captured, original)
+                buf += view[:captured]
+                total_bytes += size
+                total_packets += 1
+                got += 1
+                got_bytes += size
+                if len(buf) >= FLUSH_AT:
+                    _flush(cap)
+                if total_packets == max_packets:
+                    raise _Stop(Status.OK, "")
+        finally:
+            self.bytes, self.packets = total_bytes, total_packets
+            cap.packets += got
+            cap.bytes += got_bytes
 
 
 def _ancillary(anc: list[tuple[int, int, bytes]], received: int) -> tuple[int, int, int]:
