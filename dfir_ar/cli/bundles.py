@@ -75,6 +75,10 @@ def verify(files: tuple[str, ...], key: Path | None, allow_unsigned: bool,
                     f"OK    {label}  collection {m.status.value}, {r.artifacts_checked} artifacts, "
                     f"{r.bytes_checked} bytes checked, signature {r.signature}"
                 )
+                # The archive is intact; say what the collection itself did not get.
+                for c in m.collectors:
+                    if c.status.value != "ok":
+                        click.echo(f"      {c.name} {c.status.value}: {c.reason or c.error}")
             else:
                 click.echo(f"FAIL  {label}  ({r.path})")
                 for problem in r.problems:

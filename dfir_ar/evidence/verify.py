@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from dfir_ar.evidence.bundle import (
     ZSTD_MAGIC,
     trailer,
 )
-from dfir_ar.evidence.manifest import ArtifactEntry, Manifest
+from dfir_ar.evidence.manifest import ArtifactEntry, Manifest, canonical_json
 
 _READ = 1024 * 1024
 MAX_MANIFEST = 64 * 1024 * 1024
@@ -269,7 +270,10 @@ def _walk(stream: io.BufferedIOBase, report: VerifyReport) -> tuple[bytes | None
                         f"manifest.json is not a valid manifest ({where}: {first['msg']})"
                     )
                     return manifest_bytes, None
-                if report.manifest.canonical_bytes() != manifest_bytes:
+                # The bytes themselves must be canonical JSON (what the writer signs); compared
+                # as JSON, not against a re-dump of the model, so bundles written before a
+                # field was added to the schema still verify.
+                if canonical_json(json.loads(manifest_bytes)) != manifest_bytes:
                     report.problems.append("manifest.json is not in canonical form (edited?)")
                 for entry in report.manifest.artifacts:
                     if entry.path in expected:

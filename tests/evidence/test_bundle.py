@@ -377,3 +377,15 @@ def test_recovery_drops_artifacts_damaged_before_the_seal(spool_dir: Path) -> No
     assert [a.path for a in report.manifest.artifacts] == ["artifacts/c/good.bin"]
     assert result.status is Status.PARTIAL
     assert "artifacts/c/bad.bin" in report.manifest.collectors[0].reason
+
+
+def test_manifest_from_before_a_schema_field_was_added_still_verifies(spool_dir: Path) -> None:
+    from dfir_ar.evidence.manifest import canonical_json
+
+    path = _small_bundle(spool_dir)
+    members = read_members(path)
+    doc = json.loads(members["manifest.json"])
+    del doc["agent"]["name"]  # an optional field added after the first release
+    members["manifest.json"] = canonical_json(doc)
+    report = verify_bundle(repack(path, members, spool_dir / "old.tar.zst"))
+    assert report.ok, report.problems
