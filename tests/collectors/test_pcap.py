@@ -194,7 +194,7 @@ def test_interface_deleted_mid_capture_keeps_what_was_captured(pair: NetPair,
                          pair.agent_if)
     try:
         send_udp(pair, pair.a4, pair.b4, 12)
-        time.sleep(0.3)
+        time.sleep(1.0)  # let the capture read them (it polls every 100 ms)
         pair.in_attacker("ip", "link", "del", pair.attacker_if)  # takes the peer with it
     finally:
         result = finish(proc)
