@@ -637,6 +637,47 @@ class GroupCommitter:
             fut.set_result(value)
 
 
+class StateLock:
+    """An exclusive lock on a state_dir: one serve (or one in-process `run`/`release`) at a time.
+
+    Two processes reconciling the same ledger would undo and redo each other's blocks; the
+    control socket alone cannot prevent it (a stale or deleted socket file).
+    """
+
+    FILE = "serve.lock"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / self.FILE
+        self._fd: int | None = None
+
+    def acquire(self, what: str) -> StateLock:
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot open the state lock: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StateError(
+                f"{self.path.parent}: in use by another dfir-ar process ({holder}); "
+                f"cannot {what} (stop it, or talk to it through its control socket)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}: {what}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
 class LedgerView(_Reader):
     """A read-only connection for the CLI: never blocks or changes the running service."""
 

@@ -24,7 +24,7 @@ from dfir_ar.config.models import Config, Location
 from dfir_ar.control import ControlServer, order_from_request
 from dfir_ar.errors import UsageError
 from dfir_ar.executor import Executor, Result, protected_networks
-from dfir_ar.ledger import Ledger
+from dfir_ar.ledger import Ledger, StateLock
 from dfir_ar.order import Order
 from dfir_ar.responder import Responder
 from dfir_ar.validate import IPNetwork
@@ -63,6 +63,7 @@ class Service:
         self.executor: Executor | None = None
         self.sources: list[Any] = []
         self.errors: list[BaseException] = []
+        self._lock: StateLock | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -72,6 +73,8 @@ class Service:
 
         g = self.config.global_
         self.pipeline = Pipeline(self.config, self.protected)
+        # First: nothing (not even reconcile) may touch a ledger another serve is using.
+        self._lock = StateLock(g.state_dir).acquire("serve")
         self.ledger = Ledger.open(g.state_dir)
         self.executor = Executor(
             self.config, self.ledger, clock=self.clock, protected=self.protected
@@ -79,11 +82,11 @@ class Service:
         for name, cls in self._extra_responders.items():
             self.executor.register_responder(name, cls)
         self.audit: AuditLog = self.executor.audit
-        summary = self.executor.reconcile()
         self.sources = list(build_sources(self.config, self.ledger, list(self.extra_alerts)))
         if self._control_enabled:
             self.control = ControlServer(g.socket_path, self._dispatch_control)
             self.control.start()
+        summary = self.executor.reconcile()
         self._spawn("dfir-ar-timeouts", self.executor.run_timeouts, self.stop_event)
         uploader = self._start_uploader()
         for source in self.sources:
@@ -157,6 +160,8 @@ class Service:
             thread.join(timeout=5)
         if self.ledger is not None:
             self.ledger.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("dfir-ar serve stopped (%s)", dict(self.counters) or "no alerts")
 
     # -- the source handler (seam A) -----------------------------------------------------

@@ -106,15 +106,19 @@ def release(config_file: Path | None, key_or_order_id: str, command: str | None,
         results = list(response["results"])
     except ServeNotRunning:
         from dfir_ar.executor import Executor, protected_networks
-        from dfir_ar.ledger import Ledger
+        from dfir_ar.ledger import Ledger, StateLock
 
-        ledger = Ledger.open(config.global_.state_dir)
-        executor = Executor(config, ledger, protected=protected_networks(config))
+        lock = StateLock(config.global_.state_dir).acquire("blocks release")
         try:
-            results = [r.as_dict() for r in executor.release(key_or_order_id, command)]
+            ledger = Ledger.open(config.global_.state_dir)
+            executor = Executor(config, ledger, protected=protected_networks(config))
+            try:
+                results = [r.as_dict() for r in executor.release(key_or_order_id, command)]
+            finally:
+                executor.shutdown(lift=False)
+                ledger.close()
         finally:
-            executor.shutdown(lift=False)
-            ledger.close()
+            lock.release()
     if as_json:
         print_json(results)
     if not results:

@@ -51,8 +51,10 @@ def _describe(result: dict[str, object]) -> str:
 @config_option
 @click.argument("command")
 @click.option("--local", is_flag=True, help="Run it on this host (through serve if it runs).")
-@click.option("--agent", "agent", metavar="ID", help="Run it on one fleet agent.")
-@click.option("--all", "all_agents", is_flag=True, help="Run it on every fleet agent.")
+@click.option("--agent", "agent", metavar="ID",
+              help="Run it on one fleet agent (fleet mode: not available in this build).")
+@click.option("--all", "all_agents", is_flag=True,
+              help="Run it on every fleet agent (fleet mode: not available in this build).")
 @click.option("--srcip", metavar="IP", help="The address to act on (IPv4 or IPv6).")
 @click.option("--user", metavar="NAME", help="The account to act on.")
 @click.option("--timeout", type=float, metavar="SECONDS",
@@ -134,7 +136,7 @@ def _run_in_process(
     from dfir_ar.config.models import Config
     from dfir_ar.control import manual_order
     from dfir_ar.executor import Executor, protected_networks
-    from dfir_ar.ledger import Ledger
+    from dfir_ar.ledger import Ledger, StateLock
 
     assert isinstance(config, Config)
     order = manual_order(config, command, srcip=srcip, user=user, timeout=timeout,
@@ -144,11 +146,15 @@ def _run_in_process(
         "in the ledger and the undo is run by the next `dfir-ar serve`.",
         err=True,
     )
-    ledger = Ledger.open(config.global_.state_dir)
-    executor = Executor(config, ledger, protected=protected_networks(config))
+    lock = StateLock(config.global_.state_dir).acquire(f"run {command}")
     try:
-        outcome = executor.submit(order).result()
+        ledger = Ledger.open(config.global_.state_dir)
+        executor = Executor(config, ledger, protected=protected_networks(config))
+        try:
+            outcome = executor.submit(order).result()
+        finally:
+            executor.shutdown(lift=False)
+            ledger.close()
     finally:
-        executor.shutdown(lift=False)
-        ledger.close()
+        lock.release()
     return outcome.as_dict()

@@ -187,9 +187,11 @@ def test_control_socket_is_0600_and_serves_root_only(tmp_path: Path) -> None:
                                        b'"srcip":"203.0.113.5"}\n'))
         assert answer["ok"] is False and "root only" in answer["error"]
         assert setup.deny_lines() == []
-        # A second serve on the same socket refuses to start.
+        # A second serve on the same state_dir refuses to start, before touching the ledger.
         second = setup.cli("serve", "-c", str(setup.config), timeout=30)
-        assert second.returncode != 0 and "already running" in second.stderr
+        assert second.returncode == 6, second.stderr
+        assert "in use by another dfir-ar process" in second.stderr
+        assert "reconcile" not in second.stderr
 
 
 def _as_nobody(path: Path, payload: bytes) -> bytes:
@@ -270,3 +272,13 @@ def test_hostile_corpus_runs_nothing_and_serve_keeps_going(tmp_path: Path) -> No
     assert "Traceback" not in log
     ar_lines = (setup.log_dir / "active-responses.log").read_text().splitlines()
     assert len(ar_lines) == 3  # Starting, the input JSON, Ended: for the legitimate alert only
+
+
+def test_run_never_executes_beside_a_serve_whose_socket_is_gone(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, timeout=60)
+    with serving(setup, follow_alerts=False):
+        setup.socket.unlink()  # e.g. a tmp cleaner removed it
+        done = setup.cli("run", "host-deny", "--local", "--srcip", "203.0.113.33", "--wait")
+        assert done.returncode == 6, done.stderr
+        assert "in use by another dfir-ar process" in done.stderr
+        assert setup.deny_lines() == []
