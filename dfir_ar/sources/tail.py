@@ -36,6 +36,7 @@ from dfir_ar.sources.reader import RecordReader
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+ROTATED_SEARCH_LIMIT = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,20 +185,35 @@ class FileTail:
         return size if nl < 0 else size - window + nl + 1
 
     def _find_rotated(self, pos: FilePosition) -> Path | None:
-        """The file the cursor names, if logrotate renamed it beside ``path`` (alerts.json.1)."""
-        try:
-            entries = list(os.scandir(self.path.parent))
-        except OSError:
-            return None
-        for entry in entries:
-            if not entry.name.startswith(self.path.name) or entry.name == self.path.name:
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (pos.dev, pos.ino):
-                return Path(entry.path)
+        """The file the cursor names, found by device and inode after a rotation: beside
+        ``path`` (logrotate's alerts.json.1) or up to two directories below it (Wazuh moves
+        alerts.json to logs/alerts/YYYY/Mon/ossec-alerts-DD.json). Bounded, and only regular
+        files; a rotated file that was compressed meanwhile is gone (a warning says so)."""
+        budget = ROTATED_SEARCH_LIMIT
+        level = [self.path.parent]
+        for _depth in range(3):
+            below: list[Path] = []
+            for directory in level:
+                try:
+                    entries = list(os.scandir(directory))
+                except OSError:
+                    continue
+                for entry in entries:
+                    budget -= 1
+                    if budget < 0:
+                        return None
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            below.append(Path(entry.path))
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if (st.st_dev, st.st_ino) == (pos.dev, pos.ino) and entry.is_file(
+                        follow_symlinks=False
+                    ):
+                        return Path(entry.path)
+            level = below
         return None
 
     # -- reading -------------------------------------------------------------------------------
@@ -234,10 +250,16 @@ class FileTail:
 
     def _finish(self, cur: _Open, handle: Handler, stop: threading.Event) -> None:
         """Read ``cur`` to its end for the last time (it was rotated away) and close it."""
-        self._pump(cur, handle, stop)
-        for item, end in cur.reader.finish():
-            handle(item, Cursor(self.name, cur.prefix + str(end)))
-        cur.close()
+        try:
+            self._pump(cur, handle, stop)
+            if stop.is_set():
+                # Stopping mid-rotation: a half-written last line is not refused; the cursor
+                # stays before it and the next start finishes this file by inode.
+                return
+            for item, end in cur.reader.finish():
+                handle(item, Cursor(self.name, cur.prefix + str(end)))
+        finally:
+            cur.close()
 
     def _start(self, handle: Handler, stop: threading.Event) -> _Open | None:
         cursor = self.cursor_store.load(self.name)

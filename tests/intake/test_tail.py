@@ -142,6 +142,29 @@ def test_restart_after_rotation_finishes_the_rotated_file_by_inode(tmp_path: Pat
     assert ids(second) == ["1795334410.1", "1795334410.2"]
 
 
+def test_restart_finds_a_file_wazuh_moved_into_a_dated_directory(
+    tmp_path: Path, run_source: Start
+) -> None:
+    path = tmp_path / "alerts.json"
+    path.write_bytes(b"")
+    store = JsonCursorStore(tmp_path / "cursors.json")
+    first = Recorder(store)
+    r = run_source(tail(path, store), first)
+    append(path, wazuh_line(n=0))
+    first.wait_for(1)
+    r.stop()
+    append(path, wazuh_line(n=1))
+    dated = tmp_path / "2026" / "Nov"
+    dated.mkdir(parents=True)
+    path.rename(dated / "ossec-alerts-22.json")  # what Wazuh's monitord does at midnight
+    path.write_bytes(wazuh_line(n=2))
+    second = Recorder(store)
+    run_source(tail(path, store), second)
+    second.wait_for(2)
+    time.sleep(0.05)
+    assert ids(second) == ["1795334410.1", "1795334410.2"]
+
+
 def test_truncation_restarts_at_zero(tmp_path: Path, run_source: Start) -> None:
     path = tmp_path / "alerts.json"
     path.write_bytes(b"")
