@@ -12,11 +12,24 @@ import select
 import sys
 import threading
 
+from dfir_ar.errors import ConfigError
 from dfir_ar.parsers import DEFAULT_MAX_ALERT_BYTES
 from dfir_ar.sources.base import Handler
 from dfir_ar.sources.reader import RecordReader
 
 CHUNK = 1 << 16
+
+
+def _stdin_fd() -> int:
+    try:
+        if sys.stdin is None:
+            raise ValueError("no stdin")
+        return sys.stdin.fileno()
+    except (ValueError, OSError, AttributeError):
+        raise ConfigError(
+            'the [[source]] type = "stdin" needs an open standard input (serve was started '
+            "without one, e.g. detached); pipe alerts into it or remove that source"
+        ) from None
 
 
 class StdinSource:
@@ -36,7 +49,7 @@ class StdinSource:
         self.poll_interval = poll_interval
 
     def run(self, handle: Handler, stop: threading.Event) -> None:
-        fd = self.fd if self.fd is not None else sys.stdin.fileno()
+        fd = self.fd if self.fd is not None else _stdin_fd()
         reader = RecordReader(self.fmt, self.max_alert_bytes)
         while not stop.is_set():
             ready, _, _ = select.select([fd], [], [], self.poll_interval)

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dfir_ar.parsers import DEFAULT_MAX_ALERT_BYTES
+from dfir_ar.parsers import DEFAULT_MAX_ALERT_BYTES, UnknownFormat, detect_format
 from dfir_ar.sources.base import Cursor, CursorStore, Handler
 from dfir_ar.sources.reader import RecordReader
 
@@ -161,15 +161,27 @@ class FileTail:
 
     # -- opening -------------------------------------------------------------------------------
 
-    def _reader(self, start: int, resync: bool = False) -> RecordReader:
-        return RecordReader(self.fmt, self.max_alert_bytes, start, resync=resync)
+    def _reader(self, start: int, resync: bool = False, fmt: str | None = None) -> RecordReader:
+        return RecordReader(fmt or self.fmt, self.max_alert_bytes, start, resync=resync)
+
+    def _format_at(self, fd: int, offset: int) -> str:
+        """The framing of a file read from the middle: judged by its head, not by the first line
+        after the offset (which may be the middle of an OSSEC block)."""
+        if self.fmt != "auto" or offset == 0:
+            return self.fmt
+        head = os.pread(fd, 4096, 0)
+        try:
+            return "ossec" if detect_format(head) == "ossec" else "auto"
+        except UnknownFormat:
+            return "auto"
 
     def _open(self, path: Path, offset: int, resync: bool = False) -> _Open:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
         try:
+            fmt = self._format_at(fd, offset)
             if offset:
                 os.lseek(fd, offset, os.SEEK_SET)
-            return _Open(path, fd, self._reader(offset, resync))
+            return _Open(path, fd, self._reader(offset, resync, fmt))
         except BaseException:
             os.close(fd)
             raise
@@ -361,7 +373,7 @@ class FileTail:
                 if os.fstat(cur.fd).st_size < cur.read_pos:
                     log.warning("%s: %s was truncated; reading from 0", self.name, self.path)
                     os.lseek(cur.fd, 0, os.SEEK_SET)
-                    cur.reader = self._reader(0)
+                    cur.reader = self._reader(0)  # re-detected from the new first line
                     cur.read_pos = 0
                     continue
                 self._idle(stop)

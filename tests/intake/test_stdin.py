@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
+import pytest
+
+from dfir_ar.errors import ConfigError
 from dfir_ar.sources.stdin import StdinSource
 
 from .conftest import EXAMPLES, Recorder, wazuh_line
@@ -46,3 +50,9 @@ def test_stdin_stops_when_asked_and_reads_ossec_blocks() -> None:
     finally:
         os.close(w)
         os.close(r)
+
+
+def test_stdin_without_an_open_standard_input_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(ConfigError, match="needs an open standard input"):
+        StdinSource().run(Recorder(), threading.Event())

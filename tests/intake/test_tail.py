@@ -216,6 +216,22 @@ def test_first_start_follows_from_the_end_unless_told_otherwise(tmp_path: Path, 
     assert ids(whole) == [f"1795334410.{n}" for n in range(3)]
 
 
+def test_ossec_log_followed_from_its_end_skips_the_block_in_progress(
+    tmp_path: Path, run_source: Start
+) -> None:
+    data = (EXAMPLES / "ossec-ssh-bruteforce.log").read_bytes()
+    cut = data.index(b"Rule: 5712", data.index(b"** Alert 1795335305"))
+    path = tmp_path / "alerts.log"
+    path.write_bytes(data[:cut])  # ten blocks of history and half of the eleventh
+    rec = Recorder()
+    run_source(tail(path, JsonCursorStore(tmp_path / "c.json")), rec)
+    append(path, data[cut:] + data[: data.index(b"** Alert", 10)])  # its rest, then a new block
+    rec.wait_for(1)
+    time.sleep(0.05)
+    # The half block's tail is not refused line by line; the new block is delivered.
+    assert ids(rec) == ["1795334400.1000"] and rec.rejected == [], rec.items
+
+
 def test_waits_for_the_file_and_reads_it_from_the_start(tmp_path: Path, run_source: Start) -> None:
     path = tmp_path / "later.json"
     rec = Recorder()
