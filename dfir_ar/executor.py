@@ -588,6 +588,10 @@ class Executor:
             start = time.monotonic()
             responder = self.responder(cmd)
             remaining = entry.remaining(self.clock.now())
+            # What Wazuh logs for a repeat: the add starts, check_keys finds the key active, the
+            # script is told to abort (and execd refreshes the timer).
+            self._log_start(cmd, "add", request)
+            self.ar_log.write(self.clock.now(), cmd.executable, "Aborted")
             error: str | None = None
             try:
                 with procs.deadline_scope(start + self._deadline(cmd)):

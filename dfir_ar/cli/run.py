@@ -111,7 +111,10 @@ def run(
         sys.exit(_exit_code(result))
     if "result" not in response:
         if not response.get("ok"):
-            raise UsageError(str(response.get("error") or "serve refused the request"))
+            code = response.get("exit_code")
+            click.echo(f"dfir-ar: error: {response.get('error') or 'serve refused the request'}",
+                       err=True)
+            sys.exit(code if isinstance(code, int) and 0 < code < 100 else 1)
         if as_json:
             print_json(response)
         else:

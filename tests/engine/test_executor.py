@@ -25,7 +25,8 @@ from dfir_ar.validate import parse_network
 from tests.engine.conftest import Engine, engine_config, order
 
 AR_LINE = re.compile(
-    r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} active-response/bin/host-deny: (Starting|Ended|\{.*\})$"
+    r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} active-response/bin/host-deny: "
+    r"(Starting|Ended|Aborted|\{.*\})$"
 )
 
 
@@ -65,7 +66,10 @@ def test_add_refresh_escalate_expire(engine: Engine, clock: FakeClock) -> None:
     lines = (engine.config.global_.log_dir / "active-responses.log").read_text().splitlines()
     assert lines and all(AR_LINE.match(line) for line in lines)
     messages = [json.loads(line.split(": ", 1)[1]) for line in lines if line.endswith("}")]
-    assert [m["command"] for m in messages] == ["add", "delete", "add"]
+    # The repeat is logged the way Wazuh logs it: add, then Aborted (the key was active).
+    assert [m["command"] for m in messages] == ["add", "add", "delete", "add"]
+    assert [line.split(": ", 1)[1] for line in lines if not line.endswith("}")] == [
+        "Starting", "Ended", "Starting", "Aborted", "Starting", "Ended", "Starting", "Ended"]
     assert messages[0]["parameters"]["alert"]["data"]["srcip"] == "203.0.113.7"
     actions = [(r["action"], r["outcome"]) for r in audit(engine)]
     assert actions == [("add", "ok"), ("refresh", "refreshed"), ("delete", "ok"), ("add", "ok")]
