@@ -198,16 +198,30 @@ class Service:
         self.executor.accept(orders, cursor=cursor)
 
     def _runs_here(self, order: Order) -> bool:
+        """Local mode is one host: manager (location server/all) and agent ``global.agent_id``.
+
+        ``local`` means "the agent that produced the alert" (OSSEC/Wazuh): an alert from another
+        agent in a manager's alerts.json must not disable an account or block on THIS host.
+        """
         g = self.config.global_
-        if order.location is Location.DEFINED_AGENT and g.agent_id not in order.agent_ids:
-            self.counters["not_here"] += 1
-            log.warning(
-                "order %s (%s) is for agent(s) %s; this local-mode host is %s and fleet mode is "
-                "not available in this build: not run",
-                order.id, order.command, ",".join(order.agent_ids), g.agent_id,
-            )
-            return False
-        return True
+        here = g.agent_id
+        if order.location in (Location.SERVER, Location.ALL):
+            return True
+        if order.location is Location.LOCAL and (not order.agent_ids or here in order.agent_ids):
+            return True
+        if order.location is Location.DEFINED_AGENT and here in order.agent_ids:
+            return True
+        self.counters["not_here"] += 1
+        agents = ",".join(order.agent_ids)
+        reason = (
+            f"location {order.location.value!r} means agent(s) {agents}; this local-mode host is "
+            f"agent {here} (set global.agent_id = \"{order.agent_ids[0]}\" if this host is that "
+            "agent); fleet mode is not available in this build"
+        )
+        log.warning("order %s (%s): not run: %s", order.id, order.command, reason)
+        if order.alert is not None:
+            _audit_refusal(self.audit, self.clock.now(), order.alert, order.command, reason)
+        return False
 
     # -- the control socket ------------------------------------------------------------
 

@@ -26,7 +26,9 @@ DFIR_AR = [str(_SCRIPT)] if _SCRIPT.exists() else [
 ]
 
 
-def wazuh_alert(srcip: str, *, rule: int = 5712, n: int = 0, level: int = 10) -> str:
+def wazuh_alert(
+    srcip: str, *, rule: int = 5712, n: int = 0, level: int = 10, agent: str = "000"
+) -> str:
     """One alerts.json line as Wazuh writes it (sshd brute force)."""
     return json.dumps(
         {
@@ -34,7 +36,7 @@ def wazuh_alert(srcip: str, *, rule: int = 5712, n: int = 0, level: int = 10) ->
             "rule": {"level": level, "description": "sshd: brute force trying to get access",
                      "id": str(rule), "firedtimes": n + 1, "mail": False,
                      "groups": ["syslog", "sshd", "authentication_failures"]},
-            "agent": {"id": "000", "name": "e2e-host"},
+            "agent": {"id": agent, "name": "e2e-host" if agent == "000" else f"agent-{agent}"},
             "manager": {"name": "e2e-host"},
             "id": f"1795334410.{4000 + n}",
             "full_log": f"Nov 22 08:00:10 e2e sshd[77]: Failed password for root from {srcip}",
