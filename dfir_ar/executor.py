@@ -13,6 +13,10 @@ Flow of one order (``accept``):
    started through dfir_ar.procs are killed as a group at it), writing the Wazuh
    ``active-responses.log`` lines and one JSON audit record; the intent is marked applied after.
 
+Deadlines: a child process started through dfir_ar.procs inside an execution is killed with its
+process group at the execution's deadline. A plug-in's own Python code cannot be interrupted;
+the built-in responders do their waiting in subprocesses for that reason.
+
 Timeouts: the pure ``TimeoutTable`` holds the pending undos; ``run_timeouts`` is the only loop that
 sleeps and wakes on the next deadline (or when an earlier one is scheduled), so an undo runs
 within milliseconds of its deadline, not on a tick.
@@ -295,7 +299,7 @@ class Executor:
             return self._refuse(order, str(exc))
 
     def _prepare_collect(self, tx: Tx, order: Order, cmd: CommandConfig, now: float) -> _Plan:
-        if not self._rate_allows(cmd, now):
+        if not self._rate_allows(cmd):
             return self._refuse(order, f"rate limit of {cmd.max_per_minute}/min for {cmd.name}")
         request = self._request(order, cmd, order.timeout)
         tx.add_job(order.id, cmd.name, request, now)
@@ -359,7 +363,7 @@ class Executor:
                 order, f"global cap of {cap} active responses reached "
                 "(global.max_active_responses)", key
             )
-        if not self._rate_allows(cmd, now):
+        if not self._rate_allows(cmd):
             return self._refuse(
                 order, f"rate limit of {cmd.max_per_minute}/min for {cmd.name}", key
             )
@@ -382,7 +386,7 @@ class Executor:
         else:
             self._expiry[ident] = expires
 
-    def _rate_allows(self, cmd: CommandConfig, now: float) -> bool:
+    def _rate_allows(self, cmd: CommandConfig) -> bool:
         if cmd.max_per_minute is None:
             return True
         from dfir_ar.rails import RateLimiter
@@ -390,7 +394,8 @@ class Executor:
         limiter = self._limiters.get(cmd.name)
         if limiter is None:
             limiter = self._limiters[cmd.name] = RateLimiter(cmd.max_per_minute)
-        return limiter.allow(cmd.name, now)
+        # The rails' token bucket wants a clock that never goes back.
+        return limiter.allow(cmd.name, self.clock.monotonic())
 
     def _request(self, order: Order, cmd: CommandConfig, timeout: float | None) -> Request:
         return Request(
