@@ -277,9 +277,10 @@ class Executor:
                         self._active += 1
                 self._dispatch(plan)
 
-        committed = self._committer.submit(record, run)
         if wait:
-            committed.result()
+            self._committer.submit(record, run).result()
+        else:
+            self._committer.post(record, run)
         return tickets
 
     def flush(self) -> None:
@@ -547,7 +548,7 @@ class Executor:
             order_id = plan.order.id
             # Through the group committer, not waited for: concurrent executions share one
             # commit. A crash before it lands leaves an intent, which the next start retries.
-            self._committer.submit(
+            self._committer.post(
                 lambda tx: tx.mark_applied(cmd.name, key, order_id, state, applied_at)
             )
             if expires_at is not None:

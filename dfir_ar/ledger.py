@@ -540,7 +540,7 @@ class Ledger(_Reader):
         return int(self._query("SELECT count(*) FROM entries")[0][0])
 
 
-_Work = tuple[Callable[[Tx], Any], Callable[[Any], None] | None, "Future[Any]"]
+_Work = tuple[Callable[[Tx], Any], Callable[[Any], None] | None, "Future[Any] | None"]
 
 
 class GroupCommitter:
@@ -572,13 +572,20 @@ class GroupCommitter:
         self, work: Callable[[Tx], T], after: Callable[[T], None] | None = None
     ) -> Future[T]:
         """Queue ``work(tx)``; the future resolves (after ``after`` ran) once it is committed."""
+        fut: Future[T] = Future()
+        self._put((work, after, fut))
+        return fut
+
+    def post(self, work: Callable[[Tx], Any], after: Callable[[Any], None] | None = None) -> None:
+        """``submit`` for callers that never wait (no Future: the hot path makes two an alert)."""
+        self._put((work, after, None))
+
+    def _put(self, item: _Work) -> None:
         if self.failure is not None:
             raise StateError(f"ledger writes stopped after an error: {self.failure}")
         if self._closed:
             raise StateError("the ledger writer is closed")
-        fut: Future[T] = Future()
-        self._q.put((work, after, fut))
-        return fut
+        self._q.put(item)
 
     def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -613,9 +620,10 @@ class GroupCommitter:
     def _commit(self, batch: list[_Work]) -> None:
         if self.failure is not None:
             for _, _, fut in batch:
-                fut.set_exception(StateError(f"ledger writes stopped: {self.failure}"))
+                if fut is not None:
+                    fut.set_exception(StateError(f"ledger writes stopped: {self.failure}"))
             return
-        done: list[tuple[Future[Any], Callable[[Any], None] | None, Any]] = []
+        done: list[tuple[Future[Any] | None, Callable[[Any], None] | None, Any]] = []
         try:
             with self._ledger.transaction() as tx:
                 for work, after, fut in batch:
@@ -624,7 +632,8 @@ class GroupCommitter:
             self.failure = exc
             log.critical("ledger commit failed; no further writes: %s", exc)
             for _, _, fut in batch:
-                fut.set_exception(exc)
+                if fut is not None:
+                    fut.set_exception(exc)
             return
         for fut, after, value in done:
             if after is not None:
@@ -632,9 +641,11 @@ class GroupCommitter:
                     after(value)
                 except Exception as cb_exc:  # one bad callback must not stop the others
                     log.exception("after-commit step failed")
-                    fut.set_exception(cb_exc)
+                    if fut is not None:
+                        fut.set_exception(cb_exc)
                     continue
-            fut.set_result(value)
+            if fut is not None:
+                fut.set_result(value)
 
 
 class StateLock:
