@@ -188,10 +188,6 @@ class SourceConfig(Strict):
     """type = "file", first start only (no saved cursor yet): "end" follows only new alerts, like
     Wazuh's only-future-events, so old alerts do not trigger fresh blocks; "beginning" reads the
     whole file. Later starts always resume from the saved cursor."""
-    start_at: Literal["end", "beginning"] = "end"
-    """type = "file", first start only (no saved cursor yet): "end" follows only new alerts, like
-    Wazuh's only-future-events, so old alerts do not trigger fresh blocks; "beginning" reads the
-    whole file. Later starts always resume from the saved cursor."""
 
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:
