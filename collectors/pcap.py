@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ipaddress
+import logging
+import os
 import select
 import socket
 import struct
@@ -35,6 +37,8 @@ from dfir_ar.collector import (
 from dfir_ar.errors import ExecutionError, InvalidArgument, PluginUnavailable
 from dfir_ar.responder import Arg
 
+log = logging.getLogger("dfir_ar.collector.pcap")
+
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
@@ -42,6 +46,15 @@ SO_ATTACH_FILTER = 26
 SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
 PACKET_AUXDATA = 8
+PACKET_RX_RING = 5
+PACKET_VERSION = 10
+TPACKET_V3 = 2
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+RING_BLOCK = 1 << 20  # >= the largest snaplen (256 KiB) plus headers
+RING_TOTAL = 64 << 20  # shared by all captured interfaces, at least RING_MIN_PER_IF each
+RING_MIN_PER_IF = 8 << 20
+RING_RETIRE_MS = 50  # a block is handed over after this long even when not full
 PACKET_OUTGOING = 4
 ARPHRD_ETHER = 1
 ARPHRD_LOOPBACK = 772
@@ -65,6 +78,10 @@ _RECORD = struct.Struct("<IIII")
 _TIMESPEC = struct.Struct("@qq")
 _AUXDATA = struct.Struct("@IIIHHHH")  # struct tpacket_auxdata
 _AUX_LEN = struct.Struct("@4xI")  # its tp_len: the length on the wire
+_BLOCK_HDR = struct.Struct("@8xIII")  # tpacket_block_desc: block_status, num_pkts, first offset
+_PKT_HDR = struct.Struct("@IIIIIIH")  # tpacket3_hdr: next, sec, nsec, snaplen, len, status, mac
+_PKTTYPE_AT = 48 + 10  # sockaddr_ll.sll_pkttype, after the 48-byte aligned tpacket3_hdr
+_U32 = struct.Struct("@I")
 _MEDIA_PCAP = "application/vnd.tcpdump.pcap"
 
 
@@ -158,6 +175,8 @@ class _Capture:
     kernel_dropped: int = 0
     gone: str = ""
     """Why capture on this interface ended early (it went down or was deleted)."""
+    ring: _Ring | None = None
+    """The TPACKET_V3 ring, or None when the kernel refused one (then recvmsg per packet)."""
 
     def read_stats(self) -> None:
         # PACKET_STATISTICS resets the counters on every read: accumulate.
@@ -165,6 +184,34 @@ class _Capture:
         received, dropped = struct.unpack("II", raw)
         self.kernel_received += received
         self.kernel_dropped += dropped
+
+
+class _Ring:
+    """A PACKET_RX_RING (TPACKET_V3) mapped into this process: the kernel fills blocks of
+    packets with their timestamps and lengths, we walk them without a syscall per packet and
+    hand each block back. This is how libpcap/tcpdump capture; recvmsg is the fallback."""
+
+    def __init__(self, sock: socket.socket, block_size: int, block_nr: int) -> None:
+        import mmap
+
+        sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        frame_size = 2048
+        req = struct.pack("@IIIIIII", block_size, block_nr, frame_size,
+                          block_size // frame_size * block_nr, RING_RETIRE_MS, 0, 0)
+        sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+        self.block_size = block_size
+        self.block_nr = block_nr
+        self.mm = mmap.mmap(sock.fileno(), block_size * block_nr, mmap.MAP_SHARED,
+                            mmap.PROT_READ | mmap.PROT_WRITE)
+        self.view = memoryview(self.mm)
+        self.current = 0
+
+    def close(self) -> None:
+        # A slice still referenced somewhere (a traceback frame) would make close() raise;
+        # the mapping then goes with the last reference instead.
+        with contextlib.suppress(BufferError):
+            self.view.release()
+            self.mm.close()
 
 
 class _Stop(Exception):  # control flow, not an error
@@ -192,6 +239,8 @@ class Pcap(Collector):
         OptionSpec("max-bytes", int, 0, "Stop once the pcap files reach this size (0: no limit)."),
         OptionSpec("snaplen", int, 262144, "Bytes kept of each packet."),
         OptionSpec("interface", list, [], "Interface to capture on (repeatable; default: all)."),
+        OptionSpec("ring", bool, True, "Capture through a memory-mapped TPACKET_V3 ring, as "
+                   "tcpdump does (--ring=no: one recvmsg per packet)."),
     )
 
     @classmethod
@@ -234,9 +283,13 @@ class Pcap(Collector):
         captures: list[_Capture] = []
         details: dict[str, Any] = {"filter": expression, "snaplen": snaplen,
                                    "skipped_interfaces": skipped}
+        ring_bytes = 0
+        if bool(opts.get("ring", True)):
+            # The ring is pinned kernel memory: share one budget across interfaces.
+            ring_bytes = max(RING_MIN_PER_IF, RING_TOTAL // max(1, len(interfaces)))
         try:
             for iface in interfaces:
-                captures.append(_open_capture(iface, expression, snaplen))
+                captures.append(_open_capture(iface, expression, snaplen, ring_bytes))
             with contextlib.ExitStack() as stack:
                 for cap in captures:
                     cap.writer = stack.enter_context(
@@ -249,6 +302,8 @@ class Pcap(Collector):
             for cap in captures:
                 with contextlib.suppress(OSError):
                     cap.read_stats()
+                if cap.ring is not None:
+                    cap.ring.close()
                 cap.sock.close()
         dropped = sum(c.kernel_dropped for c in captures)
         details.update({
@@ -257,6 +312,7 @@ class Pcap(Collector):
             "kernel_dropped": dropped,
             "interfaces": {
                 c.iface.name: {"packets": c.packets, "bytes": c.bytes,
+                               "mode": "ring" if c.ring is not None else "recvmsg",
                                "kernel_received": c.kernel_received,
                                "kernel_dropped": c.kernel_dropped,
                                **({"ended_early": c.gone} if c.gone else {})}
@@ -297,19 +353,28 @@ class Pcap(Collector):
                 elif now >= end:
                     stop = _Stop(Status.OK, "")
                 if stop is not None:
-                    # What the kernel queued before the stop is part of the capture window.
+                    # What the kernel queued before the stop is part of the capture window; a
+                    # ring hands over its partly filled block after the retire timeout.
+                    if any(c.ring is not None for c in captures):
+                        time.sleep(2 * RING_RETIRE_MS / 1000)
                     for cap in captures:
-                        reader.drain(cap, FINAL_DRAIN)
+                        if not cap.gone:
+                            reader.drain(cap, FINAL_DRAIN)
                     raise stop
                 if now >= next_progress:
                     job.progress(f"{reader.packets} packets", (now - start) / duration)
                     next_progress = now + 5.0
                 timeout = max(0, min(POLL_MS, int((min(end, job.deadline) - now) * 1000) + 1))
-                for fd, _event in poller.poll(timeout):
+                for fd, event in poller.poll(timeout):
                     cap = by_fd[fd]
                     try:
                         # Bounded batch, so one busy interface cannot starve the clock checks.
                         reader.drain(cap, 4096)
+                        if event & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                            # A ring never calls recv, so read the socket error ourselves.
+                            err = cap.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                            if err:
+                                raise OSError(err, os.strerror(err))
                     except OSError as exc:
                         # ENETDOWN/ENXIO: the interface went down or away mid-capture. Keep what
                         # was captured on it and go on with the others.
@@ -358,6 +423,57 @@ class _Reader:
         return "byte cap reached (the bundle's size limit)"
 
     def drain(self, cap: _Capture, budget: int) -> None:
+        if cap.ring is not None:
+            self._drain_ring(cap, cap.ring, max(1, budget // 256))
+        else:
+            self._drain_socket(cap, budget)
+
+    def _drain_ring(self, cap: _Capture, ring: _Ring, blocks: int) -> None:
+        mm, view, block_size = ring.mm, ring.view, ring.block_size
+        snaplen = self.snaplen
+        loopback = cap.iface.is_loopback
+        buf = cap.buffer
+        pack = _RECORD.pack
+        pkt_hdr = _PKT_HDR.unpack_from
+        limit = min(self.max_bytes, self.bundle_limit) if self.max_bytes else self.bundle_limit
+        max_packets = self.max_packets or -1
+        total_bytes, total_packets = self.bytes, self.packets
+        got = got_bytes = 0
+        try:
+            for _ in range(blocks):
+                base = ring.current * block_size
+                status, num, first = _BLOCK_HDR.unpack_from(mm, base)
+                if not status & TP_STATUS_USER:
+                    return
+                off = base + first
+                for _ in range(num):
+                    nxt, sec, nsec, snap, length, _st, mac = pkt_hdr(mm, off)
+                    if not (loopback and mm[off + _PKTTYPE_AT] == PACKET_OUTGOING):
+                        # lo delivers each packet twice; libpcap drops the outgoing copy too.
+                        captured = snap if snap < snaplen else snaplen
+                        size = 16 + captured
+                        if total_bytes + size > limit:
+                            raise _Stop(Status.PARTIAL, self._limit_reason())
+                        buf += pack(sec, nsec, captured, length)
+                        buf += view[off + mac : off + mac + captured]
+                        total_bytes += size
+                        total_packets += 1
+                        got += 1
+                        got_bytes += size
+                        if total_packets == max_packets:
+                            raise _Stop(Status.OK, "")
+                    off += nxt
+                # Hand the block back to the kernel.
+                _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
+                ring.current = (ring.current + 1) % ring.block_nr
+                if len(buf) >= FLUSH_AT:
+                    _flush(cap)
+        finally:
+            self.bytes, self.packets = total_bytes, total_packets
+            cap.packets += got
+            cap.bytes += got_bytes
+
+    def _drain_socket(self, cap: _Capture, budget: int) -> None:
         # The per-packet path of the collector: locals only, one recvmsg, two appends.
         view, snaplen, recv = self._view, self.snaplen, cap.sock.recvmsg_into
         anc_size = self._anc
@@ -467,32 +583,45 @@ def _select_interfaces(wanted: list[str]) -> tuple[list[Interface], dict[str, st
     return usable, skipped
 
 
-def _open_capture(iface: Interface, expression: str, snaplen: int) -> _Capture:
+def _open_capture(iface: Interface, expression: str, snaplen: int, ring_bytes: int) -> _Capture:
     dlt, linktype = LINK_TYPES[iface.hatype]
     program = compile_bpf(expression, dlt, snaplen)
     # Protocol 0: the socket receives nothing until bind() below, after the filter is in place.
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    ring: _Ring | None = None
     try:
         attach_bpf(sock, program)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-        try:
-            # Root may exceed rmem_max: a deep queue rides out bursts while Python catches up.
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECV_BUFFER)
-        except PermissionError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        if ring_bytes:
+            try:
+                ring = _Ring(sock, RING_BLOCK, max(1, ring_bytes // RING_BLOCK))
+            except OSError as exc:
+                log.info("pcap: no packet ring on %s (%s); reading packet by packet",
+                         iface.name, exc)
+                ring = None
+        if ring is None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            try:
+                # Root may exceed rmem_max: a deep queue rides out bursts while Python catches up.
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECV_BUFFER)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
         sock.bind((iface.name, ETH_P_ALL))
         sock.setblocking(False)
         # Counters from before bind() are noise; start from zero.
         sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
     except PermissionError as exc:
+        if ring is not None:
+            ring.close()
         sock.close()
         raise ExecutionError(f"pcap: opening a packet socket on {iface.name} needs root "
                              f"(CAP_NET_RAW): {exc}") from exc
     except OSError as exc:
+        if ring is not None:
+            ring.close()
         sock.close()
         raise ExecutionError(f"pcap: cannot capture on {iface.name}: {exc}") from exc
-    return _Capture(iface, sock, linktype)
+    return _Capture(iface, sock, linktype, ring=ring)
 
 
 def iter_pcap_records(data: bytes) -> Iterator[tuple[int, int, int, int]]:

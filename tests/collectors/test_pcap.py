@@ -80,8 +80,10 @@ def tcpdump_count(pcap: Path, expression: str) -> int:
     return len([ln for ln in done.stdout.splitlines() if ln.strip()])
 
 
-def test_capture_has_exactly_the_attackers_packets(pair: NetPair, tmp_path: Path) -> None:
-    proc = start_capture(pair, tmp_path, pair.a4, "--duration", "3")
+@pytest.mark.parametrize("ring", ["yes", "no"])
+def test_capture_has_exactly_the_attackers_packets(pair: NetPair, tmp_path: Path,
+                                                   ring: str) -> None:
+    proc = start_capture(pair, tmp_path, pair.a4, "--duration", "3", f"--ring={ring}")
     try:
         send_udp(pair, pair.a4, pair.b4, 40)
         send_udp(pair, OTHER4, pair.b4, 25)
@@ -104,6 +106,8 @@ def test_capture_has_exactly_the_attackers_packets(pair: NetPair, tmp_path: Path
     assert report.manifest is not None
     (rec,) = report.manifest.collectors
     assert rec.details["interfaces"][pair.agent_if]["packets"] == len(records)
+    assert rec.details["interfaces"][pair.agent_if]["mode"] == ("ring" if ring == "yes"
+                                                                else "recvmsg")
     assert rec.details["kernel_dropped"] == 0
     assert rec.details["filter"] == f"host {pair.a4}"
     assert "lo" in rec.details["interfaces"]
