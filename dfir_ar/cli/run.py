@@ -33,7 +33,9 @@ def _exit_code(result: dict[str, object]) -> int:
 
 def _describe(result: dict[str, object]) -> str:
     outcome = result.get("outcome")
-    text = f"{result.get('command')} {result.get('key') or ''}: {outcome} (order {result.get('order_id')})"
+    key = result.get("key")
+    name = f"{result.get('command')} {key}" if key else str(result.get("command"))
+    text = f"{name}: {outcome} (order {result.get('order_id')})"
     expires = result.get("expires_at")
     if isinstance(expires, float | int) and outcome in ("ok", "refreshed"):
         text += f", undone in {max(0.0, float(expires) - time.time()):.0f}s"
