@@ -20,7 +20,7 @@ import click
 
 from dfir_ar.alert import Alert
 from dfir_ar.cli.common import config_option, json_option, load, print_json, print_table
-from dfir_ar.config.models import Config
+from dfir_ar.config.models import Config, Location
 from dfir_ar.parsers import DEFAULT_MAX_ALERT_BYTES, excerpt
 from dfir_ar.pipeline import Decision, Pipeline, where
 from dfir_ar.rails import RateLimiter, active_cap_allows, host_protected_networks
@@ -130,6 +130,12 @@ class Simulation:
             self._count("refused")
             return Row(*base, binding, d.command, place, "refused", d.refused or "")
         order = d.order
+        if order.location is Location.LOCAL:
+            alert = order.alert
+            if order.agent_ids:
+                place = f"local (agent {order.agent_ids[0]})"
+            elif alert is not None and alert.agent_name:
+                place = f"local (agent {excerpt(alert.agent_name, 30)}, by name)"
         cmd = self.config.command_named(order.command)
         if cmd is not None and cmd.max_per_minute:
             limiter = self.limiters.setdefault(cmd.name, RateLimiter(cmd.max_per_minute))

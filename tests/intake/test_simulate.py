@@ -77,7 +77,7 @@ def test_ssh_brute_force_table(config: Path) -> None:
     assert sum("no match" in ln for ln in lines) == 2  # the two 5716s
     fires = [ln for ln in lines if " block " in ln]
     assert len(fires) == 2
-    assert fires[0].endswith("fires: timeout 600s")
+    assert fires[0].endswith("fires: timeout 600s") and "local (agent 001)" in fires[0]
     assert fires[1].endswith("fires: 2nd offence, timeout 1800s")  # 15 min later: escalated
     deny = [ln for ln in lines if "deny-user" in ln]
     assert len(deny) == 7 and all(" 5710 " in ln and "server (000)" in ln and "fires" in ln
@@ -127,6 +127,7 @@ def test_ossec_log_stdin_and_errors(config: Path) -> None:
     data = (EXAMPLES / "ossec-ssh-bruteforce.log").read_bytes()
     result = CliRunner().invoke(cli, ["simulate", "-c", str(config), "-"], input=data)
     assert result.exit_code == 0 and "fires: 2nd offence, timeout 1800s" in result.stdout
+    assert "local (agent web01, by name)" in result.stdout  # alerts.log names, not ids
     code, _, err = run("-c", str(config), "/nonexistent/alerts.json")
     assert code == 2 and "No such file" in err
     result = CliRunner().invoke(cli, ["simulate", "--help"])
