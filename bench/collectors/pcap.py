@@ -8,8 +8,9 @@ Two network namespaces (198.51.100.0/24, deleted at the end). In the agent names
 both capture ``host <attacker>`` on the veth; once both are listening, the attacker namespace
 sends N UDP datagrams (64-byte payload) from ``--senders`` parallel Python loops, as fast
 as they can (the send rate is printed; the two cores are shared by senders and capturers). Both captures are
-counted from the files they wrote. Prints per-run counts, kernel drops, medians and the ratio
-dfir-ar / tcpdump (target >= 0.95, no loss where tcpdump has none).
+counted from the files they wrote. Prints per-run counts, kernel drops, CPU seconds of each
+capturer, medians and the ratio dfir-ar / tcpdump (target >= 0.95, no loss where tcpdump has
+none). ``--ring no`` measures the recvmsg fallback instead of the TPACKET_V3 ring.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -87,7 +89,8 @@ def flood(pair: NetPair, packets: int, senders: int) -> tuple[int, float]:
     return sent, time.perf_counter() - t0
 
 
-def one_run(pair: NetPair, tmp: Path, packets: int, senders: int) -> dict[str, float]:
+def one_run(pair: NetPair, tmp: Path, packets: int, senders: int,
+            ring: str = "yes") -> dict[str, float]:
     spool = tmp / f"spool-{time.monotonic_ns()}"
     tcpdump_file = tmp / "tcpdump.pcap"
     duration = 12 + packets / 40_000
@@ -99,7 +102,7 @@ def one_run(pair: NetPair, tmp: Path, packets: int, senders: int) -> dict[str, f
     ours = subprocess.Popen(
         pair.agent_argv([sys.executable, "-m", "tests.collectors.pcap_runner", str(spool),
                          pair.a4, str(duration + 30), str(1 << 32), "--duration", str(duration),
-                         "--interface", pair.agent_if]),
+                         "--interface", pair.agent_if, f"--ring={ring}"]),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
     try:
@@ -112,10 +115,14 @@ def one_run(pair: NetPair, tmp: Path, packets: int, senders: int) -> dict[str, f
         start = time.monotonic()
         sent, secs = flood(pair, packets, senders)
         time.sleep(1.0)  # let both drain their queues
+        # CPU of each capturer: children's rusage deltas around each wait (senders are reaped).
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         tcpdump.send_signal(signal.SIGINT)
         _, err = tcpdump.communicate(timeout=30)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         stats = err
         out, _ = ours.communicate(timeout=duration + 60 - (time.monotonic() - start))
+        r2 = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
         for p in (tcpdump, ours):
             if p.poll() is None:
@@ -137,6 +144,8 @@ def one_run(pair: NetPair, tmp: Path, packets: int, senders: int) -> dict[str, f
         "dfir": n_ours, "tcpdump": n_tcpdump,
         "dfir_dropped": details["kernel_dropped"], "tcpdump_dropped": tcpdump_dropped,
         "ratio": n_ours / n_tcpdump if n_tcpdump else float("nan"),
+        "tcpdump_cpu": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
+        "dfir_cpu": (r2.ru_utime + r2.ru_stime) - (r1.ru_utime + r1.ru_stime),
     }
 
 
@@ -145,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packets", type=int, default=200_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--senders", type=int, default=2, help="parallel flood processes")
+    ap.add_argument("--ring", choices=["yes", "no"], default="yes",
+                    help="dfir-ar capture mode: TPACKET_V3 ring (default) or recvmsg")
     args = ap.parse_args(argv)
     if os.geteuid() != 0 or shutil.which("tcpdump") is None:
         print("needs root and tcpdump")
@@ -154,18 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with net_pair("pc") as pair:
             for i in range(args.reps):
-                r = one_run(pair, tmp, args.packets, args.senders)
+                r = one_run(pair, tmp, args.packets, args.senders, args.ring)
                 runs.append(r)
                 print(f"run {i + 1}: sent {r['sent']} at {r['send_pps']:,.0f} pps | "
                       f"tcpdump {r['tcpdump']} (kernel dropped {r['tcpdump_dropped']}) | "
                       f"dfir-ar {r['dfir']} (kernel dropped {r['dfir_dropped']}) | "
-                      f"ratio {r['ratio']:.4f}", flush=True)
+                      f"ratio {r['ratio']:.4f} | CPU s tcpdump {r['tcpdump_cpu']:.2f}, dfir-ar "
+                      f"{r['dfir_cpu']:.2f} (incl. Python start-up and sealing)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(f"median: sent {med['sent']:.0f} at {med['send_pps']:,.0f} pps; tcpdump "
           f"{med['tcpdump']:.0f}, dfir-ar {med['dfir']:.0f}; ratio {med['ratio']:.4f} "
-          f"(target >= 0.95)")
+          f"(target >= 0.95); CPU s tcpdump {med['tcpdump_cpu']:.2f}, dfir-ar "
+          f"{med['dfir_cpu']:.2f}")
     return 0
 
 
