@@ -151,7 +151,15 @@ class Executor:
         self.ar_log = ar_log or ActiveResponseLog(g.log_dir)
         self.audit = audit or AuditLog(g.log_dir)
         self._registry = registry
+        # Three pools, so one kind of work cannot starve another: eight 10-minute captures must
+        # not hold up a block, and a burst of slow adds must not make an undo late.
         self._pool = ThreadPoolExecutor(max_workers=g.workers, thread_name_prefix="dfir-ar-exec")
+        self._undo_pool = ThreadPoolExecutor(
+            max_workers=max(2, g.workers // 4), thread_name_prefix="dfir-ar-undo"
+        )
+        self._collect_pool = ThreadPoolExecutor(
+            max_workers=g.workers, thread_name_prefix="dfir-ar-collect"
+        )
         self._plugins: dict[str, type[Responder]] = {}
         self._responders: dict[str, Responder] = {}
         self._resolve_lock = threading.Lock()
@@ -427,8 +435,9 @@ class Executor:
                 log.exception("%s %s: unexpected error", plan.kind, plan.order.command)
                 plan.ticket.set_exception(exc)
 
+        pool = self._collect_pool if plan.kind == "collect" else self._pool
         try:
-            self._pool.submit(task)
+            pool.submit(task)
         except RuntimeError:  # pool shut down: the ledger keeps it for the next start
             plan.ticket.set_result(
                 self._result(plan, plan.kind, "failed", error="executor is stopping")
@@ -737,7 +746,7 @@ class Executor:
                 fut.set_exception(exc)
 
         try:
-            self._pool.submit(task)
+            self._undo_pool.submit(task)
         except RuntimeError:
             fut.set_result(
                 Result("", ident[0], "delete", ident[1], "failed", error="executor is stopping")
@@ -942,7 +951,8 @@ class Executor:
                 self._submit_delete(entry.ident, "stop").result()
         for cancel in list(self._cancels):
             cancel.set()
-        self._pool.shutdown(wait=wait, cancel_futures=False)
+        for pool in (self._pool, self._collect_pool, self._undo_pool):
+            pool.shutdown(wait=wait, cancel_futures=False)
         self._committer.close()
 
 

@@ -395,3 +395,22 @@ def test_repeat_during_the_undo_puts_the_block_back(tmp_path: Path, clock: FakeC
         assert eng.executor.next_deadline() == clock.now() + 300
     finally:
         eng.close()
+
+
+def test_slow_adds_do_not_make_an_undo_late(tmp_path: Path, clock: FakeClock) -> None:
+    raw = _config_with(tmp_path, "sleepy", deadline=2.0).model_dump(by_alias=True, mode="json")
+    raw["global"]["workers"] = 2
+    eng = Engine(tmp_path, Config.model_validate(raw), clock)
+    try:
+        eng.executor.register_responder("sleepy", SleepyResponder)
+        eng.executor.submit(order("203.0.113.60", clock=clock)).result()
+        slow = [eng.executor.submit(order(f"203.0.113.{i}", command="sleepy")) for i in (61, 62)]
+        time.sleep(0.2)  # both workers are now stuck in their 2 s deadline
+        clock.advance(61)
+        start = time.monotonic()
+        [undo] = [t.result(5) for t in eng.executor.expire_due()]
+        assert undo.outcome == "ok" and time.monotonic() - start < 1.0
+        assert eng.deny_lines() == []
+        assert [t.result(10).outcome for t in slow] == ["timeout", "timeout"]
+    finally:
+        eng.close()
