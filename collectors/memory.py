@@ -348,8 +348,10 @@ class Memory(Collector):
         if max_mb:
             caps.append(max_mb * MiB)
         cap = min(caps)
-        layout = elfcore.plan_core(info, maps, max_bytes=cap)
-        full = elfcore.plan_core(info, maps)
+        resident = elfcore.read_resident(pid)
+        sparse = elfcore.read_sparse(pid, maps, resident)
+        layout = elfcore.plan_core(info, maps, max_bytes=cap, resident=resident, sparse=sparse)
+        full = elfcore.plan_core(info, maps, resident=resident, sparse=sparse)
         if layout.size < full.size:
             self.context.log.warning(
                 "memory: pid %d needs %d MiB, cap allows %d MiB; anonymous memory kept first",
@@ -370,7 +372,7 @@ class Memory(Collector):
             try:
                 report = elfcore.dump_core(
                     pid, z.write, max_bytes=cap, should_stop=should_stop, progress=progress,
-                    info=info, maps=maps,
+                    info=info, maps=maps, resident=resident, sparse=sparse,
                 )
                 stopped = report.stopped
                 z.close()
@@ -383,7 +385,7 @@ class Memory(Collector):
             raw = z.raw
             stored = writer.size
         omitted = [
-            {"start": hex(s.map.start), "end": hex(s.map.end), "perms": s.map.perms,
+            {"start": hex(s.start), "end": hex(s.end), "perms": s.map.perms,
              "path": s.map.path, "reason": s.omitted}
             for s in layout.segments if s.omitted
         ]

@@ -18,6 +18,11 @@ is a kernel special mapping ([vvar], [vsyscall]) or a device mapping (reading /d
 have side effects, and the kernel's own core dumper skips VM_IO too), or when the size cap leaves
 no room for it. Under a cap, anonymous writable memory (heap, stacks, what an attacker injected)
 is kept first and read-only file mappings (recoverable from disk) are dropped first.
+Untouched memory is never read: a private anonymous mapping with nothing resident or swapped
+(smaps) is a PT_LOAD with p_memsz and no p_filesz, which ELF readers take as zeros; a large one
+that is mostly untouched is split into runs of 2 MiB blocks by /proc/PID/pagemap, so a 64 GiB
+arena with 100 MiB in use costs 100 MiB. Shared anonymous mappings are read whole (their pages
+may live in shmem without being mapped here).
 Pages that fail to read at dump time (EIO, e.g. a file mapping past its file's end) are written as
 zeros and reported, so every offset in the headers stays true.
 """
@@ -30,6 +35,7 @@ import platform
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from dfir_ar.errors import ExecutionError
 
@@ -124,6 +130,33 @@ def parse_maps(text: str) -> list[MemoryMap]:
     return maps
 
 
+def parse_smaps_resident(text: str) -> dict[int, int]:
+    """Start address -> resident + swapped bytes of each mapping in /proc/PID/smaps."""
+    out: dict[int, int] = {}
+    start = -1
+    for line in text.splitlines():
+        head = line.split(maxsplit=1)[0] if line else ""
+        if "-" in head and not head.endswith(":"):
+            start = int(head.partition("-")[0], 16)
+            out[start] = 0
+        elif head in ("Rss:", "Swap:") and start >= 0:
+            out[start] += int(line.split()[1]) * 1024
+    return out
+
+
+UNTOUCHED = "never touched (reads as zeros)"
+
+
+def never_touched(m: MemoryMap, resident: Mapping[int, int] | None) -> bool:
+    """A private anonymous mapping with nothing resident or swapped reads as zeros only, so it is
+    dumped as p_memsz without p_filesz (how ELF cores say "zeros"), not read. Huge reservations
+    (Go arenas, sanitizer shadows) then cost nothing. Shared mappings are always read: their
+    pages may live in shmem without being mapped here."""
+    if resident is None or m.file_backed or m.perms[3:4] != "p":
+        return False
+    return resident.get(m.start, 1) == 0
+
+
 def skip_reason(m: MemoryMap) -> str:
     """Why a mapping's bytes are never read ('' when they are)."""
     if not m.readable:
@@ -172,12 +205,19 @@ class ProcessInfo:
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """One PT_LOAD: ``filesz`` is 0 (with ``omitted``) or the whole mapping."""
+    """One PT_LOAD: all of a mapping, or one run of a sparse mapping split by touched blocks.
+    ``filesz`` is 0 (with ``omitted`` saying why) or the segment's whole size."""
 
     map: MemoryMap
+    start: int
+    end: int
     file_offset: int
     filesz: int
     omitted: str = ""
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +299,14 @@ def plan_core(
     max_bytes: int | None = None,
     machine: str | None = None,
     page_size: int = PAGE_SIZE,
+    resident: Mapping[int, int] | None = None,
+    sparse: Mapping[int, Sequence[tuple[int, int, bool]]] | None = None,
 ) -> CoreLayout:
-    """Compute the whole core file layout: pure, no I/O, so the cap logic is testable."""
+    """Compute the whole core file layout: pure, no I/O, so the cap logic is testable.
+
+    ``resident``: bytes resident or swapped per mapping start (smaps); ``sparse``: for large,
+    mostly untouched mappings, (start, end, touched) runs covering the mapping (pagemap).
+    """
     arch = machine or platform.machine()
     if arch not in _MACHINES:
         raise ExecutionError(f"ELF core dumps are not implemented for {arch} (x86_64, aarch64)")
@@ -276,7 +322,18 @@ def plan_core(
             _note(b"CORE", NT_FILE, _nt_file(maps, page_size)),
         )
     )
-    phnum = 1 + len(maps)
+    # (map, start, end, reason not to read it) for every PT_LOAD to be.
+    pieces: list[tuple[MemoryMap, int, int, str]] = []
+    for m in maps:
+        split = (sparse or {}).get(m.start)
+        reason = skip_reason(m)
+        if split and not reason:
+            pieces += [(m, lo, hi, "" if hot else UNTOUCHED) for lo, hi, hot in split]
+        else:
+            pieces.append(
+                (m, m.start, m.end, reason or (UNTOUCHED if never_touched(m, resident) else ""))
+            )
+    phnum = 1 + len(pieces)
     extended = phnum >= PN_XNUM
     ph_end = _EHDR.size + phnum * _PHDR.size
     sh_off = ph_end if extended else 0
@@ -286,25 +343,26 @@ def plan_core(
     budget = None if max_bytes is None else max(0, max_bytes - data_start)
     chosen: set[int] = set()
     omitted: dict[int, str] = {}
-    for i, m in sorted(enumerate(maps), key=lambda im: (keep_priority(im[1]), im[1].start)):
-        reason = skip_reason(m)
+    order = sorted(range(len(pieces)), key=lambda i: (keep_priority(pieces[i][0]), pieces[i][1]))
+    for i in order:
+        m, lo, hi, reason = pieces[i]
         if reason:
             omitted[i] = reason
-        elif budget is not None and m.size > budget:
+        elif budget is not None and hi - lo > budget:
             omitted[i] = "size cap"
         else:
             chosen.add(i)
             if budget is not None:
-                budget -= m.size
+                budget -= hi - lo
 
     segments = []
     offset = data_start
-    for i, m in enumerate(maps):
+    for i, (m, lo, hi, _) in enumerate(pieces):
         if i in chosen:
-            segments.append(Segment(m, offset, m.size))
-            offset += m.size
+            segments.append(Segment(m, lo, hi, offset, hi - lo))
+            offset += hi - lo
         else:
-            segments.append(Segment(m, offset, 0, omitted[i]))
+            segments.append(Segment(m, lo, hi, offset, 0, omitted[i]))
 
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
     ehdr = _EHDR.pack(
@@ -313,8 +371,7 @@ def plan_core(
     )
     phdrs = [_PHDR.pack(PT_NOTE, 0, notes_off, 0, 0, len(notes), 0, 4)]
     phdrs += [
-        _PHDR.pack(PT_LOAD, s.map.flags, s.file_offset, s.map.start, 0, s.filesz, s.map.size,
-                   page_size)
+        _PHDR.pack(PT_LOAD, s.map.flags, s.file_offset, s.start, 0, s.filesz, s.size, page_size)
         for s in segments
     ]
     # With PN_XNUM the real count lives in section header 0's sh_info (as the kernel does).
@@ -385,6 +442,80 @@ def _blocked_sp_pc(pid: int, tid: int) -> tuple[int, int] | None:
         return int(fields[-2], 16), int(fields[-1], 16)
     except ValueError:
         return None
+
+
+def read_resident(pid: int) -> dict[int, int] | None:
+    """Resident + swapped bytes per mapping from /proc/PID/smaps (None if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/smaps", encoding="ascii", errors="replace") as f:
+            return parse_smaps_resident(f.read())
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
+    except OSError:
+        return None
+
+
+SPARSE_MIN = 16 << 20
+"""Private anonymous mappings at least this big, less than half resident, are split by pagemap."""
+SPARSE_MAX = 64 << 30
+"""...and at most this big: pagemap costs 8 bytes per page to read (a 16 TiB sanitizer shadow
+would mean 32 GiB of pagemap); larger ones stay whole and the size cap deals with them."""
+SPARSE_BLOCK = 2 << 20
+# /proc/PID/pagemap: one little-endian u64 per page; bit 63 present, bit 62 swapped. The high
+# byte of each entry (every 8th byte, offset 7) carries both: map it to 1 when either is set.
+_TOUCHED = bytes(1 if b & 0xC0 else 0 for b in range(256))
+
+
+def touched_runs(
+    pagemap: BinaryIO, start: int, end: int, page_size: int = PAGE_SIZE
+) -> list[tuple[int, int, bool]]:
+    """(start, end, touched) runs of SPARSE_BLOCK blocks covering [start, end): a block is
+    touched when any of its pages is present or swapped."""
+    per_block = SPARSE_BLOCK // page_size
+    runs: list[tuple[int, int, bool]] = []
+    batch = per_block * 64
+    first = start // page_size
+    npages = (end - start) // page_size
+    for i in range(0, npages, batch):
+        n = min(batch, npages - i)
+        pagemap.seek((first + i) * 8)
+        flags = pagemap.read(n * 8)[7::8].translate(_TOUCHED)
+        for j in range(0, n, per_block):
+            hot = b"\x01" in flags[j : j + per_block]
+            lo = start + (i + j) * page_size
+            hi = min(end, lo + per_block * page_size)
+            if runs and runs[-1][2] == hot and runs[-1][1] == lo:
+                runs[-1] = (runs[-1][0], hi, hot)
+            else:
+                runs.append((lo, hi, hot))
+    return runs
+
+
+def read_sparse(
+    pid: int, maps: Sequence[MemoryMap], resident: Mapping[int, int] | None
+) -> dict[int, list[tuple[int, int, bool]]]:
+    """Touched runs of the large, mostly untouched private anonymous mappings (pagemap)."""
+    if resident is None:
+        return {}
+    wanted = [
+        m for m in maps
+        if not m.file_backed and m.perms[3:4] == "p" and not skip_reason(m)
+        and SPARSE_MIN <= m.size <= SPARSE_MAX and 0 < resident.get(m.start, m.size) < m.size // 2
+    ]
+    if not wanted:
+        return {}
+    out: dict[int, list[tuple[int, int, bool]]] = {}
+    try:
+        with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as f:
+            for m in wanted:
+                runs = touched_runs(f, m.start, m.end)
+                if len(runs) > 1:
+                    out[m.start] = runs
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
+    except OSError:
+        return {}  # pagemap unreadable: read the mappings whole
+    return out
 
 
 def read_maps(pid: int) -> list[MemoryMap]:
@@ -463,6 +594,8 @@ def dump_core(
     chunk: int = READ_CHUNK,
     info: ProcessInfo | None = None,
     maps: Sequence[MemoryMap] | None = None,
+    resident: Mapping[int, int] | None = None,
+    sparse: Mapping[int, Sequence[tuple[int, int, bool]]] | None = None,
 ) -> DumpReport:
     """Stream ``pid``'s core file into ``write``. ``should_stop`` returns a reason to stop or ''.
 
@@ -471,7 +604,11 @@ def dump_core(
     """
     info = info or read_process_info(pid)
     maps = list(maps) if maps is not None else read_maps(pid)
-    layout = plan_core(info, maps, max_bytes=max_bytes)
+    if resident is None:
+        resident = read_resident(pid)
+    if sparse is None:
+        sparse = read_sparse(pid, maps, resident)
+    layout = plan_core(info, maps, max_bytes=max_bytes, resident=resident, sparse=sparse)
     report = DumpReport(pid=pid, layout=layout)
     try:
         fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
@@ -490,8 +627,8 @@ def dump_core(
                 report.stopped = reason
                 return report
             # Read in slices so a deadline is honoured inside a large mapping too.
-            pos = seg.map.start
-            end = seg.map.start + seg.filesz
+            pos = seg.start
+            end = seg.start + seg.filesz
             while pos < end:
                 step = min(64 * chunk, end - pos)
                 try:
