@@ -4,8 +4,14 @@ pcap records (no per-packet dissection), one file per interface.
 How: one AF_PACKET socket per interface, created with protocol 0 (so it receives nothing), the
 BPF program for ``host <srcip>`` (compiled by libpcap through scapy) attached, and only then
 bound with ETH_P_ALL: no unfiltered packet can slip in before the filter, unlike a socket opened
-with ETH_P_ALL first. Kernel receive timestamps (SO_TIMESTAMPNS) date each packet when it
-arrived, not when Python read it. Kernel drop counts come from PACKET_STATISTICS.
+with ETH_P_ALL first. Packets arrive in a TPACKET_V3 memory-mapped ring (what libpcap uses):
+the kernel fills blocks with packets, their arrival timestamps (ns) and wire lengths, and the
+collector walks them without a syscall per packet. Where the kernel refuses a ring, it falls
+back to one recvmsg per packet with SO_TIMESTAMPNS and PACKET_AUXDATA for the same facts.
+Kernel drop counts come from PACKET_STATISTICS.
+
+Not done (known): VLAN tags the NIC stripped are not re-inserted into the frames (libpcap does);
+interfaces created after the capture started are not captured.
 """
 
 from __future__ import annotations
