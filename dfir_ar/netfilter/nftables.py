@@ -197,7 +197,44 @@ class NftablesBackend(FirewallBackend):
     # -- kernel I/O --------------------------------------------------------------------------
 
     def ensure(self) -> None:
-        self.nft.run(self._structure())
+        self._run_structure(self._structure())
+
+    def _run_structure(self, cmds: list[dict[str, Any]]) -> None:
+        """Run a batch that (re)creates the layout; explain the one failure a user can fix: a
+        table of this name whose sets were made by something else (``add set`` of an existing
+        set with another type or flags is refused as "File exists")."""
+        try:
+            self.nft.run(cmds)
+        except NftError as exc:
+            conflict = self._layout_conflict()
+            if conflict:
+                raise NftError(
+                    f"table inet {self.table} exists with a different layout ({conflict}); "
+                    f"dfir-ar owns this table: remove it with `nft delete table inet {self.table}` "
+                    "or set [responders.firewall-drop] table to another name"
+                ) from exc
+            raise
+
+    def _layout_conflict(self) -> str:
+        try:
+            listing = self.nft.run(
+                [{"list": {"table": {"family": "inet", "name": self.table}}}], terse=True
+            )
+        except NftError:
+            return ""
+        found = {
+            item["set"].get("name"): item["set"]
+            for item in listing.get("nftables", [])
+            if isinstance(item, dict) and isinstance(item.get("set"), dict)
+        }
+        for set_name, set_type, flags, _p, _v in _SETS:
+            have = found.get(set_name)
+            if have is not None and (
+                have.get("type") != set_type or list(have.get("flags", [])) != [flags]
+            ):
+                return (f"set {set_name} is {have.get('type')} flags {have.get('flags', [])}, "
+                        f"expected {set_type} flags [{flags!r}]")
+        return ""
 
     def add(self, blocks: Sequence[Block]) -> None:
         cmds = self._add_cmds(_dedup(blocks))
@@ -260,7 +297,7 @@ class NftablesBackend(FirewallBackend):
         for set_name, elems in by_set.items():
             if elems:
                 cmds.append({"add": {"element": self._ref(name=set_name, elem=elems)}})
-        self.nft.run(cmds)
+        self._run_structure(cmds)
 
     def intact(self) -> bool:
         try:

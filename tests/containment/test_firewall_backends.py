@@ -181,3 +181,20 @@ def test_backend_choice(pair: NetPair, agent: InNetns, tmp_path: Path) -> None:
     assert agent(make_backend, "iptables", []).name == "iptables"
     fw = _make(agent, pair, tmp_path, "nftables")
     assert fw.backend.describe() == "nftables table inet dfir_ar (libnftables, kernel timeouts)"
+
+
+@pytest.mark.root
+def test_foreign_table_with_our_name_gives_an_actionable_error(
+    pair: NetPair, agent: InNetns, tmp_path: Path
+) -> None:
+    from dfir_ar.errors import ExecutionError
+
+    require_tool("nft")
+    agent_run(pair, "nft", "add", "table", "inet", "dfir_ar")
+    agent_run(pair, "nft", "add", "set", "inet", "dfir_ar", "block4", "{ type ipv4_addr; }")
+    fw = _make(agent, pair, tmp_path, "nftables")
+    try:
+        with pytest.raises(ExecutionError, match=r"different layout .*nft delete table inet dfir_ar"):
+            agent(fw.add, req(pair.a4, timeout=60))
+    finally:
+        agent(fw.teardown)
