@@ -27,6 +27,7 @@ from dfir_ar.executor import Executor, Result, protected_networks
 from dfir_ar.ledger import Ledger, StateLock
 from dfir_ar.order import Order
 from dfir_ar.responder import Responder
+from dfir_ar.sources.base import AlertSource, Cursor, Rejected
 from dfir_ar.validate import IPNetwork
 
 log = logging.getLogger("dfir_ar.serve")
@@ -61,7 +62,7 @@ class Service:
         self.control: ControlServer | None = None
         self.ledger: Ledger | None = None
         self.executor: Executor | None = None
-        self.sources: list[Any] = []
+        self.sources: list[AlertSource] = []
         self.errors: list[BaseException] = []
         self._lock: StateLock | None = None
 
@@ -130,7 +131,7 @@ class Service:
         self._spawn("dfir-ar-uploader", uploader.run, self.stop_event)
         return f"on ({self.config.evidence.store})"
 
-    def _run_source(self, source: Any) -> None:
+    def _run_source(self, source: AlertSource) -> None:
         try:
             source.run(self.handle, self.stop_event)
         except Exception as exc:  # noqa: BLE001 - any failure stops serve, loudly
@@ -166,13 +167,12 @@ class Service:
 
     # -- the source handler (seam A) -----------------------------------------------------
 
-    def handle(self, item: Any, cursor: Any) -> None:
+    def handle(self, item: Alert | Rejected, cursor: Cursor | None) -> None:
         """One alert (or rejected record) from a source, with the cursor just after it."""
         assert self.executor is not None and self.ledger is not None
         if not isinstance(item, Alert):
             self.counters["rejected"] += 1
-            log.warning("rejected alert record: %s: %s", getattr(item, "reason", "?"),
-                        getattr(item, "excerpt", ""))
+            log.warning("rejected alert record: %s: %s", item.reason, item.excerpt)
             if cursor is not None:
                 # Through the executor's committer, in order behind the alerts read before it:
                 # a cursor written directly could overtake their intents.
