@@ -10,8 +10,8 @@ collector walks them without a syscall per packet. Where the kernel refuses a ri
 back to one recvmsg per packet with SO_TIMESTAMPNS and PACKET_AUXDATA for the same facts.
 Kernel drop counts come from PACKET_STATISTICS.
 
-Not done (known): VLAN tags the NIC stripped are not re-inserted into the frames (libpcap does);
-interfaces created after the capture started are not captured.
+VLAN tags the NIC (or veth) stripped into packet metadata are put back into the frames, as
+libpcap does. Not done (known): interfaces created after the capture started are not captured.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ PACKET_VERSION = 10
 TPACKET_V3 = 2
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
+ETH_P_8021Q = 0x8100
 RING_BLOCK = 1 << 20  # >= the largest snaplen (256 KiB) plus headers
 RING_TOTAL = 64 << 20  # shared by all captured interfaces, at least RING_MIN_PER_IF each
 RING_MIN_PER_IF = 8 << 20
@@ -87,6 +90,8 @@ _AUX_LEN = struct.Struct("@4xI")  # its tp_len: the length on the wire
 _BLOCK_HDR = struct.Struct("@8xIII")  # tpacket_block_desc: block_status, num_pkts, first offset
 _PKT_HDR = struct.Struct("@IIIIIIH")  # tpacket3_hdr: next, sec, nsec, snaplen, len, status, mac
 _PKTTYPE_AT = 48 + 10  # sockaddr_ll.sll_pkttype, after the 48-byte aligned tpacket3_hdr
+_RING_VLAN = struct.Struct("@4xIH")  # tpacket3_hdr.hv1 from offset 28: vlan_tci, vlan_tpid
+_TAG = struct.Struct("!HH")
 _U32 = struct.Struct("@I")
 _MEDIA_PCAP = "application/vnd.tcpdump.pcap"
 
@@ -438,6 +443,7 @@ class _Reader:
         mm, view, block_size = ring.mm, ring.view, ring.block_size
         snaplen = self.snaplen
         loopback = cap.iface.is_loopback
+        ether = cap.linktype == LINKTYPE_ETHERNET and not loopback
         buf = cap.buffer
         pack = _RECORD.pack
         pkt_hdr = _PKT_HDR.unpack_from
@@ -453,15 +459,25 @@ class _Reader:
                     return
                 off = base + first
                 for _ in range(num):
-                    nxt, sec, nsec, snap, length, _st, mac = pkt_hdr(mm, off)
+                    nxt, sec, nsec, snap, length, st, mac = pkt_hdr(mm, off)
                     if not (loopback and mm[off + _PKTTYPE_AT] == PACKET_OUTGOING):
                         # lo delivers each packet twice; libpcap drops the outgoing copy too.
                         captured = snap if snap < snaplen else snaplen
+                        frame: bytes | memoryview
+                        if st & TP_STATUS_VLAN_VALID and ether:
+                            tci, tpid = _RING_VLAN.unpack_from(mm, off + 28)
+                            tag = _TAG.pack(tpid if st & TP_STATUS_VLAN_TPID_VALID
+                                            else ETH_P_8021Q, tci & 0xFFFF)
+                            frame = _with_tag(view[off + mac : off + mac + captured], tag)
+                            captured = min(len(frame), snaplen)
+                            length += 4
+                        else:
+                            frame = view[off + mac : off + mac + captured]
                         size = 16 + captured
                         if total_bytes + size > limit:
                             raise _Stop(Status.PARTIAL, self._limit_reason())
                         buf += pack(sec, nsec, captured, length)
-                        buf += view[off + mac : off + mac + captured]
+                        buf += frame[:captured]
                         total_bytes += size
                         total_packets += 1
                         got += 1
@@ -485,6 +501,7 @@ class _Reader:
         anc_size = self._anc
         flags = socket.MSG_TRUNC | socket.MSG_DONTWAIT
         loopback = cap.iface.is_loopback
+        ether = cap.linktype == LINKTYPE_ETHERNET and not loopback
         buf = cap.buffer
         pack = _RECORD.pack
         ts_unpack = _TIMESPEC.unpack_from
@@ -504,14 +521,25 @@ class _Reader:
                 captured = n if n < snaplen else snaplen
                 if len(anc) == 2 and anc[0][1] == SO_TIMESTAMPNS and anc[1][1] == PACKET_AUXDATA:
                     sec, nsec = ts_unpack(anc[0][2])
-                    original = aux_len(anc[1][2])[0]
+                    aux = anc[1][2]
+                    original = aux_len(aux)[0]
                 else:
                     sec, nsec, original = _ancillary(anc, n)
+                    aux = b""
+                frame: bytes | memoryview = view[:captured]
+                if ether and len(aux) >= _AUXDATA.size:
+                    st, _l, _s, _m, _n, tci, tpid = _AUXDATA.unpack_from(aux)
+                    if st & TP_STATUS_VLAN_VALID:
+                        tag = _TAG.pack(tpid if st & TP_STATUS_VLAN_TPID_VALID
+                                        else ETH_P_8021Q, tci)
+                        frame = _with_tag(frame, tag)
+                        captured = min(len(frame), snaplen)
+                        original += 4
                 size = 16 + captured
                 if total_bytes + size > limit:
                     raise _Stop(Status.PARTIAL, self._limit_reason())
                 buf += pack(sec, nsec, captured, original)
-                buf += view[:captured]
+                buf += frame[:captured]
                 total_bytes += size
                 total_packets += 1
                 got += 1
@@ -524,6 +552,12 @@ class _Reader:
             self.bytes, self.packets = total_bytes, total_packets
             cap.packets += got
             cap.bytes += got_bytes
+
+
+def _with_tag(frame: bytes | memoryview, tag: bytes) -> bytes:
+    """Put back the 802.1Q tag the NIC (or veth) stripped into skb metadata, after the two MAC
+    addresses, so the file shows the frame as it was on the wire (libpcap does the same)."""
+    return bytes(frame[:12]) + tag + bytes(frame[12:])
 
 
 def _ancillary(anc: list[tuple[int, int, bytes]], received: int) -> tuple[int, int, int]:

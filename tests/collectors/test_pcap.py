@@ -210,3 +210,58 @@ def test_interface_deleted_mid_capture_keeps_what_was_captured(pair: NetPair,
     assert "went away" in report.manifest.collectors[0].reason
     pcap = extract_artifact(bundle, f"artifacts/pcap/{pair.agent_if}.pcap", tmp_path / "g.pcap")
     assert tcpdump_count(pcap, f"udp and src host {pair.a4}") == 12
+
+
+def test_ring_walk_puts_back_vlan_tags_the_kernel_stripped(tmp_path: Path) -> None:
+    """This kernel has no 802.1Q support, so the block a NIC would fill is built here the way
+    the kernel lays it out (tpacket_block_desc + tpacket3_hdr + sockaddr_ll), with the tag in
+    the metadata; the capture file must carry it in the frame, as tcpdump shows it."""
+    import socket
+    import struct
+
+    from collectors.pcap import (
+        ARPHRD_ETHER,
+        LINKTYPE_ETHERNET,
+        TP_STATUS_USER,
+        TP_STATUS_VLAN_VALID,
+        Interface,
+        _Capture,
+        _Reader,
+        _Ring,
+        pcap_global_header,
+    )
+
+    require_tool("tcpdump")
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + 4, 1, 0, 64, 17, 0,
+                     socket.inet_aton("203.0.113.6"), socket.inet_aton("203.0.113.5"))
+    frame = (bytes.fromhex("020000000005") + bytes.fromhex("020000000006") + b"\x08\x00" + ip
+             + struct.pack("!HHHH", 40000, 9, 12, 0) + b"data")
+    block = bytearray(8192)
+    first, mac = 48, 96
+    struct.pack_into("@III", block, 8, TP_STATUS_USER, 2, first)
+    for i, vlan in enumerate((True, False)):
+        off = first + i * 256
+        status = TP_STATUS_USER | (TP_STATUS_VLAN_VALID if vlan else 0)
+        struct.pack_into("@IIIIIIHH", block, off, 256 if i == 0 else 0, 1_700_000_000, 5,
+                         len(frame), len(frame), status, mac, mac + 14)
+        struct.pack_into("@IIH", block, off + 28, 0, 0x2000 | 10, 0)  # PCP 1, VLAN 10
+        block[off + mac : off + mac + len(frame)] = frame
+    ring = _Ring.__new__(_Ring)
+    ring.mm, ring.view = block, memoryview(block)  # type: ignore[assignment]
+    ring.block_size, ring.block_nr, ring.current = len(block), 1, 0
+    cap = _Capture(Interface("eth0", 2, ARPHRD_ETHER), socket.socket(), LINKTYPE_ETHERNET,
+                   ring=ring)
+    try:
+        reader = _Reader(65535, 0, 0, header_bytes=24, bundle_remaining=1 << 20)
+        reader.drain(cap, 4096)
+    finally:
+        cap.sock.close()
+    assert reader.packets == 2
+    assert struct.unpack_from("@I", block, 8)[0] == 0  # the block went back to the kernel
+    pcap = tmp_path / "vlan.pcap"
+    pcap.write_bytes(pcap_global_header(LINKTYPE_ETHERNET, 65535) + bytes(cap.buffer))
+    assert tcpdump_count(pcap, "vlan 10 and udp and src host 203.0.113.6") == 1
+    # (libpcap shifts offsets after a "vlan" term, so it goes last)
+    assert tcpdump_count(pcap, "udp and src host 203.0.113.6 and not vlan") == 1
+    (tagged, plain) = list(iter_pcap_records(pcap.read_bytes()))
+    assert tagged[2] == tagged[3] == len(frame) + 4 and plain[2] == len(frame)
