@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 ROTATED_SEARCH_LIMIT = 20_000
+STOP_CHECK = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,20 +74,46 @@ _WATCH = (
 
 
 class Inotify:
-    """Wake-ups for changes in one directory. The events themselves are not parsed: any event
-    means "look again", so a missed or merged event can delay a read, never lose one."""
+    """Wake-ups for changes in one directory and in the file being read. The events themselves
+    are not parsed: any event means "look again", so a missed or merged event can delay a read,
+    never lose one.
+
+    The file's own inode is watched too: a directory watch only hears writes made through a name
+    in that directory, and OSSEC writes alerts.log through another name (alerts.log is a hard
+    link to logs/alerts/YYYY/Mon/ossec-alerts-DD.log); a symlinked alerts file is the same case.
+    """
 
     def __init__(self, directory: Path) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-        if libc.inotify_add_watch(fd, os.fsencode(directory), _WATCH) < 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(err, f"inotify_add_watch {directory}: {os.strerror(err)}")
         self.fd = fd
+        try:
+            self._add(directory, _WATCH)
+        except OSError:
+            os.close(fd)
+            raise
+        self._file_wd: int | None = None
+
+    def _add(self, path: Path, mask: int) -> int:
+        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask))
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
+        return wd
+
+    def watch_file(self, path: Path) -> None:
+        """Also wake on writes to the inode ``path`` names now (moved on after a rotation)."""
+        if self._file_wd is not None:
+            # The old inode's watch goes; EINVAL if the kernel already dropped it (file deleted).
+            self._libc.inotify_rm_watch(self.fd, self._file_wd)
+            self._file_wd = None
+        try:
+            self._file_wd = self._add(path, _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE)
+        except OSError as exc:
+            log.debug("no inotify watch on %s (%s); the directory watch and poll remain", path, exc)
 
     def wait(self, timeout: float) -> bool:
         """Block until something changed in the directory or ``timeout`` passed."""
@@ -176,6 +203,9 @@ class FileTail:
             return "auto"
 
     def _open(self, path: Path, offset: int, resync: bool = False) -> _Open:
+        if self.waker is not None and path == self.path:
+            # Before the open: a write between the two is then seen by the next read anyway.
+            self.waker.watch_file(path)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
         try:
             fmt = self._format_at(fd, offset)
@@ -288,7 +318,7 @@ class FileTail:
                     log.info("%s: waiting for %s to appear", self.name, self.path)
                     waited = True
                 if self.waker is not None:
-                    self.waker.wait(self.safety_poll)
+                    self._idle(stop)
                 else:
                     stop.wait(max(self.poll_interval, 0.01))
         else:
@@ -324,12 +354,16 @@ class FileTail:
         return self._open(self.path, offset, resync=offset > 0)
 
     def _idle(self, stop: threading.Event) -> None:
-        if self.waker is not None:
-            # Short enough that stop is honoured promptly and a filesystem that inotify cannot
-            # see into is still read, long enough that an idle tail costs nothing.
-            self.waker.wait(self.safety_poll)
-        else:
+        """Until inotify says something changed, safety_poll passed, or stop is set (checked
+        every STOP_CHECK seconds whatever safety_poll is)."""
+        if self.waker is None:
             stop.wait(self.poll_interval)
+            return
+        deadline = time.monotonic() + self.safety_poll
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.waker.wait(min(left, STOP_CHECK)):
+                return
 
     def _watch(self) -> None:
         if not self.use_inotify:

@@ -79,6 +79,30 @@ def test_restart_resumes_exactly_from_the_cursor(tmp_path: Path, run_source: Sta
     assert ids(second) == [f"1795334410.{n}" for n in range(5, 8)]
 
 
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_writes_through_another_name_wake_the_tail(
+    tmp_path: Path, run_source: Start, link: str
+) -> None:
+    """OSSEC's alerts.log is a hard link to logs/alerts/YYYY/Mon/ossec-alerts-DD.log and the
+    writer writes through the dated name; a directory watch alone would not hear it. The safety
+    poll is made 5 s here, so only inotify on the file itself can deliver within a second."""
+    dated = tmp_path / "2026" / "Nov"
+    dated.mkdir(parents=True)
+    real = dated / "ossec-alerts-22.json"
+    real.write_bytes(b"")
+    path = tmp_path / "alerts.json"
+    if link == "hard":
+        os.link(real, path)
+    else:
+        path.symlink_to(real)
+    rec = Recorder()
+    run_source(tail(path, JsonCursorStore(tmp_path / "c.json"), safety_poll=5.0), rec)
+    for n in range(3):
+        append(real, wazuh_line(n=n))
+        rec.wait_for(n + 1, timeout=1.0)
+    assert ids(rec) == [f"1795334410.{n}" for n in range(3)]
+
+
 def test_a_crash_in_the_handler_loses_and_repeats_nothing(tmp_path: Path, run_source: Start) -> None:
     path = tmp_path / "alerts.json"
     path.write_bytes(b"")
