@@ -80,10 +80,10 @@ def pids_talking_to(srcip: IPAddress) -> list[int]:
 class _Zstd:
     """zstd-compress into an artifact writer as bytes arrive (one frame, content checksum).
 
-    Three stages overlap on two cores: the caller's thread reads /proc/PID/mem, zstd's worker
-    threads compress (``threads`` > 0), and one writer thread here hashes and stores what comes
-    out (the sink's SHA-256 and the spool file write). Sequentially those add up to ~3x a plain
-    read; overlapped they approach the slowest stage. A sink error (byte cap, disk floor)
+    Two stages overlap on two cores: the caller's thread reads /proc/PID/mem and compresses
+    (or hands to zstd's workers when ``threads`` > 0), and one writer thread here hashes and
+    stores what comes out (the sink's SHA-256 and the spool file write). Sequentially those add
+    up to ~3x the CPU of a plain read; overlapped they approach the slower stage. A sink error (byte cap, disk floor)
     surfaces on the next write() or at close().
     """
 
@@ -169,10 +169,11 @@ class MemorySettings(BaseModel):
     """Where the System RAM ranges are listed."""
     zstd_level: int = Field(default=1, ge=-7, le=19)
     """zstd level of the stored images (1: ~2 GB/s on one core here; negative: faster, larger)."""
-    zstd_threads: int = Field(default=1, ge=0, le=64)
+    zstd_threads: int = Field(default=0, ge=0, le=64)
     """zstd worker threads (0: compress on the reading thread). Measured per GiB here: reading
-    ~0.38 CPU-s, zstd level 1 ~0.4, SHA-256 + spool write ~0.4; one worker spreads those three
-    stages over two cores."""
+    ~0.35 CPU-s, zstd level 1 ~0.4, SHA-256 + spool write ~0.4. Reading+compressing on one
+    thread and hashing+storing on another was fastest on two cores (zstd's own workers add a
+    copy and a hand-off that cost more than they save)."""
 
 
 class Memory(Collector):
