@@ -83,8 +83,8 @@ class _Zstd:
     Two stages overlap on two cores: the caller's thread reads /proc/PID/mem and compresses
     (or hands to zstd's workers when ``threads`` > 0), and one writer thread here hashes and
     stores what comes out (the sink's SHA-256 and the spool file write). Sequentially those add
-    up to ~3x the CPU of a plain read; overlapped they approach the slower stage. A sink error (byte cap, disk floor)
-    surfaces on the next write() or at close().
+    up to ~3x the CPU of a plain read; overlapped they approach the slower stage. A sink error
+    (byte cap, disk floor) surfaces on the next write() or at close().
     """
 
     _QUEUE = 8
