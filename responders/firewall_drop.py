@@ -16,6 +16,7 @@ Config (all optional)::
     set_prefix = "dfir_ar"  # ipset names: dfir_ar4, dfir_ar6, dfir_ar_allow4, dfir_ar_allow6
     ipset_chain = "DFIR_AR_SET"
     iptables_chain = "DFIR_AR"
+    verify_interval = 10    # seconds between purge checks piggybacked on adds
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class FirewallDropOptions(BaseModel):
     iptables_chain: str = Field(
         default="DFIR_AR",
         description="iptables chain of the plain iptables backend (no kernel expiry)",
+    )
+    verify_interval: float = Field(
+        default=10.0, ge=0,
+        description="seconds between checks, made on the next add, that nobody purged the "
+        "table/sets/chains (0: on every add); check_and_repair does it on the engine's tick",
     )
 
 
@@ -170,6 +176,8 @@ class FirewallDrop(Responder):
         )
         self._ready = False
         self.claims = _claims_for(self.backend.describe())
+        self._verify_interval = opts.verify_interval
+        self._verified_at = context.clock.monotonic()
 
     @classmethod
     def check_compatible(cls) -> None:
@@ -224,17 +232,30 @@ class FirewallDrop(Responder):
 
     def _write(self, blocks: list[Block]) -> None:
         """Add to the kernel; if that fails because our structure was purged, rebuild it with
-        every block held (the new one is already claimed). Called with the claims lock held."""
+        every block held (the new one is already claimed). Called with the claims lock held.
+
+        Some purges do not make the add fail: ``nft flush ruleset`` removes the iptables-nft
+        rules of the ipset backend but not the ipsets, so entries land in sets nothing matches.
+        Hence the structure is also checked after an add, at most every ``verify_interval``."""
         try:
             self.backend.add(blocks)
         except DfirArError:
             if self.backend.intact():
                 raise
-            self.context.log.warning(
-                "firewall-drop: %s was removed by someone else; restoring it",
-                self.backend.describe(),
-            )
-            self._replace_from_claims()
+            self._repair()
+            return
+        now = self.context.clock.monotonic()
+        if now - self._verified_at >= self._verify_interval:
+            self._verified_at = now
+            if not self.backend.intact():
+                self._repair()
+
+    def _repair(self) -> None:
+        self.context.log.warning(
+            "firewall-drop: %s was removed by someone else; restoring it with every block held",
+            self.backend.describe(),
+        )
+        self._replace_from_claims()
 
     def _unwrite(self, addrs: list[IPAddress]) -> None:
         """Remove from the kernel; a purged structure means nothing of ours is enforced, so it

@@ -198,3 +198,25 @@ def test_foreign_table_with_our_name_gives_an_actionable_error(
             agent(fw.add, req(pair.a4, timeout=60))
     finally:
         agent(fw.teardown)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_add_after_a_silent_purge_restores_enforcement(
+    pair: NetPair, agent: InNetns, tmp_path: Path, backend: str
+) -> None:
+    """`nft flush ruleset` leaves the ipsets but removes the rules that match them, so an add
+    succeeds and enforces nothing; the check piggybacked on the add catches and repairs it."""
+    require_tool("nft", *TOOLS[backend])
+    ctx = context(tmp_path, protected(pair), backend=backend, verify_interval=0)
+    fw = agent(FirewallDrop, ctx)
+    try:
+        agent(fw.add, req(pair.a4, timeout=120))
+        agent_run(pair, "nft", "flush", "ruleset")
+        assert pair.ping_ok(pair.b4)
+        agent(fw.add, req(pair.a6, timeout=120))
+        assert agent(fw.backend.intact)
+        assert agent(fw.active) == {pair.a4, pair.a6}
+        assert not pair.ping_ok(pair.b4) and not pair.ping_ok(pair.b6)
+    finally:
+        agent(fw.teardown)
