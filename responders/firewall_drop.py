@@ -116,6 +116,12 @@ class Claims:
 
     def effective(self, addr: IPAddress, now: float) -> tuple[bool, float | None]:
         """(held by any command, the latest deadline among the holders)."""
+        if len(self._by_command) == 1:  # the common case: one command uses firewall-drop
+            only = next(iter(self._by_command.values()))
+            if addr not in only:
+                return False, 0.0
+            d = only[addr]
+            return (d is None or d > now), d
         held = False
         deadline: float | None = 0.0
         for claims in self._by_command.values():
@@ -177,6 +183,8 @@ class FirewallDrop(Responder):
         self._ready = False
         self.claims = _claims_for(self.backend.describe())
         self._verify_interval = opts.verify_interval
+        self._white4 = [n for n in context.white_list if n.version == 4]
+        self._white6 = [n for n in context.white_list if n.version == 6]
         self._verified_at = context.clock.monotonic()
 
     @classmethod
@@ -201,7 +209,8 @@ class FirewallDrop(Responder):
         return request.target.srcip
 
     def _protected(self, addr: IPAddress) -> bool:
-        return any(addr in net for net in self.context.white_list if net.version == addr.version)
+        nets = self._white4 if addr.version == 4 else self._white6
+        return any(addr in net for net in nets)
 
     @staticmethod
     def _timeout(timeout: float | None) -> float | None:
