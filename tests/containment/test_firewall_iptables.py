@@ -46,3 +46,40 @@ def test_rules_stay_in_the_dedicated_chain_and_duplicates_are_reconciled(
     finally:
         agent(fw.teardown)
     assert "DFIR_AR" not in agent_run(pair, "iptables", "-S")
+
+
+@pytest.mark.root
+def test_kill_9_then_reconcile_without_kernel_expiry(
+    pair: NetPair, agent: InNetns, tmp_path: Path
+) -> None:
+    """No kernel expiry here: after a crash the rules stay until the restarted service's
+    reconcile makes the chain exactly the ledger's live entries."""
+    import signal
+    import subprocess
+    import sys
+
+    from dfir_ar.responder import Request, Target
+    from tests.containment.crash_helper import addresses
+
+    require_tool("iptables", "ip6tables")
+    count = 500
+    done = subprocess.run(
+        pair.agent_argv([sys.executable, "-m", "tests.containment.crash_helper",
+                         "--backend", "iptables", "--count", str(count),
+                         "--short", "1", "--long", "1"]),
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    fw = agent(FirewallDrop, context(tmp_path, protected(pair), backend="iptables"))
+    try:
+        assert len(agent(fw.active)) == count, "no expiry: every rule outlived the crash"
+        known = addresses(count)[:50]
+        live = [LiveEntry(Request("firewall-drop", Target(srcip=a)), {}, 60.0) for a in known]
+        report = agent(fw.reconcile, live)
+        assert report.removed_orphans == count - 50
+        drops = [r for r in agent_run(pair, "iptables", "-S", "DFIR_AR").splitlines()
+                 if r.endswith("-j DROP")]
+        assert sorted(drops) == sorted(f"-A DFIR_AR -s {a}/32 -j DROP" for a in known)
+    finally:
+        agent(fw.teardown)
