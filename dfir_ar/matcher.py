@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from dfir_ar.alert import Alert
 from dfir_ar.config.models import ActiveResponseConfig, Config, Matching
 
+GROUP_CACHE = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class GroupPattern:
@@ -93,6 +95,8 @@ class Matcher:
         self.by_id = {k: tuple(v) for k, v in ids.items()}
         self.conditional: tuple[_Conditional, ...] = tuple(conditional)
         self.size = len(config.active_response)
+        # Rules carry a few hundred distinct group lists: join each once, not once per alert.
+        self._group_strings: dict[tuple[str, ...], str] = {}
 
     def match(self, alert: Alert) -> list[int]:
         """Indexes (ascending, config order) of the bindings this alert fires."""
@@ -111,7 +115,12 @@ class Matcher:
             group_ok = False
             if cond.group is not None and (wazuh or not level_ok):
                 if groups is None:
-                    groups = alert.group_string
+                    groups = self._group_strings.get(alert.groups)
+                    if groups is None:
+                        groups = alert.group_string
+                        if len(self._group_strings) >= GROUP_CACHE:
+                            self._group_strings.clear()
+                        self._group_strings[alert.groups] = groups
                 group_ok = cond.group.matches(groups)
             if wazuh and cond.level is not None and cond.group is not None:
                 fired = level_ok and group_ok
