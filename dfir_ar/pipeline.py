@@ -1,6 +1,7 @@
 """Alert -> decisions: match the bindings, parse every argument the command expects, apply the
-white list, and build the orders. Pure: the clock reading is passed in, the host's protected
-networks are read once by the caller (dfir_ar.rails.host_protected_networks).
+white list, and build the orders. No I/O: the clock reading is passed in, the host's protected
+networks are read once by the caller (dfir_ar.rails.host_protected_networks). The only state is
+a bounded cache of srcip verdicts, so the same alert always gets the same decisions.
 
 The per-command rate limit and the global cap need the executor's live state, so the executor
 applies them (with dfir_ar.rails) after ``decide``.
@@ -95,7 +96,8 @@ def parse_filename(value: object) -> str:
 
 
 class Pipeline:
-    """Compiled once from a Config; ``decide`` is called per alert on the hot path."""
+    """Compiled once from a Config; ``decide`` is called per alert on the hot path. Not
+    thread-safe by contract (serve calls it under one lock); its caches are plain dicts."""
 
     def __init__(self, config: Config, protected_networks: Sequence[IPNetwork]) -> None:
         self.config = config
