@@ -20,7 +20,7 @@ import zstandard
 
 from collectors.memory import Memory, pids_talking_to
 from dfir_ar import elfcore, lime
-from dfir_ar.collector import CollectJob, CollectorContext, Status
+from dfir_ar.collector import CollectJob, CollectorContext, Outcome, Status
 from dfir_ar.evidence.bundle import BundleWriter
 from dfir_ar.responder import Target
 from dfir_ar.validate import parse_ip
@@ -551,3 +551,27 @@ def test_touched_runs_from_pagemap_bits() -> None:
         (start + 3 * blk, start + 4 * blk, True),
         (start + 4 * blk, start + 5 * blk, False),
     ]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_compressing_writer_round_trips(
+    tmp_path: Path, bundle_writer: Callable[..., BundleWriter], workers: int
+) -> None:
+    from collectors.memory import _Zstd
+
+    data = b"".join(
+        os.urandom(1 << 20) if i % 2 else bytes([i]) * (1 << 20) for i in range(21)
+    ) + b"tail"
+    writer = bundle_writer("memory")
+    with writer.artifact("x.zst", "application/zstd") as art:
+        z = _Zstd(art, 1, workers)
+        for off in range(0, len(data), 3 << 20):  # writes not aligned to frames
+            z.write(memoryview(data)[off : off + (3 << 20)])
+        z.close()
+    result, report = seal(writer, Outcome(Status.OK))
+    assert report.ok, report.problems
+    out = io.BytesIO()
+    zstandard.ZstdDecompressor().copy_stream(
+        io.BytesIO(read_members(result.path)["artifacts/memory/x.zst"]), out
+    )
+    assert out.getvalue() == data
