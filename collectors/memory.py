@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import queue
+import re
 import shutil
 import threading
 from collections.abc import Callable, Sequence
@@ -40,13 +41,15 @@ from dfir_ar.validate import IPAddress
 
 MiB = 1024 * 1024
 ZSTD_MEDIA = "application/zstd"
+_PID = re.compile(r"[0-9]{1,7}")
 
 
 def parse_pids(values: Sequence[str], owner: str) -> list[int]:
     """``--pid`` values: positive decimal integers only."""
     pids = []
     for raw in values:
-        if not raw.isdigit() or not 0 < int(raw) < 1 << 22:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+        if not _PID.fullmatch(raw) or not 0 < int(raw) < 1 << 22:
             raise InvalidArgument(f"{owner}: --pid {raw!r} is not a process id")
         pids.append(int(raw))
     return list(dict.fromkeys(pids))

@@ -575,3 +575,13 @@ def test_compressing_writer_round_trips(
         io.BytesIO(read_members(result.path)["artifacts/memory/x.zst"]), out
     )
     assert out.getvalue() == data
+
+
+@pytest.mark.parametrize("bad", ["²", "0", "-1", " 12", "1e3", "99999999", "12; id"])
+def test_pid_values_parse_or_are_refused(bad: str) -> None:
+    from collectors.memory import parse_pids
+    from dfir_ar.errors import InvalidArgument
+
+    assert parse_pids(["12", "12", "7"], "memory") == [12, 7]
+    with pytest.raises(InvalidArgument, match="is not a process id"):
+        parse_pids([bad], "memory")
