@@ -133,12 +133,19 @@ def list_cmd(
                 e.srcip,
                 e.status,
                 ",".join(e.collectors),
-                _size(e.artifact_bytes),
+                _size(e.archive_bytes) if e.archive_bytes is not None else "MISSING",
             )
             for e in entries
         ],
         empty=f"no bundles in {store.url} match",
     )
+    missing = [e.bundle_id for e in entries if e.archive_bytes is None]
+    if missing:
+        click.echo(
+            f"dfir-ar: warning: {len(missing)} manifest(s) without their bundle in the store "
+            f"(deleted, or an upload still under way): {', '.join(missing[:5])}",
+            err=True,
+        )
 
 
 def _size(n: int) -> str:

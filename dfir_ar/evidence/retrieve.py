@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -66,6 +66,9 @@ class BundleEntry:
     manifest_key: str
     bundle_key: str
     manifest: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    archive_bytes: int | None = None
+    """Size of the .tar.zst object when the listing saw it; None: not in the store (or not
+    looked up)."""
 
     @classmethod
     def from_manifest(cls, data: bytes, prefix: str, fallback_id: str = "") -> BundleEntry:
@@ -108,6 +111,7 @@ class BundleEntry:
             "artifacts": self.artifacts,
             "artifact_bytes": self.artifact_bytes,
             "signed": self.signed,
+            "archive_bytes": self.archive_bytes,
             "bundle_key": self.bundle_key,
             "manifest_key": self.manifest_key,
         }
@@ -177,11 +181,14 @@ def list_bundles(store: EvidenceStore, flt: Filter, *, workers: int = 8) -> list
     agents = [check_agent_id(flt.agent)] if flt.agent else store.list_dirs(root)
     low, high = _day_ranges(flt)
     keys: list[str] = []
+    archive_sizes: dict[str, int] = {}
     for agent in agents:
         for day_prefix in _walk_days(store, f"{root}{agent}/", low, high):
-            keys.extend(
-                o.key for o in store.list_keys(day_prefix) if o.key.endswith(MANIFEST_SUFFIX)
-            )
+            for obj in store.list_keys(day_prefix):
+                if obj.key.endswith(MANIFEST_SUFFIX):
+                    keys.append(obj.key)
+                elif obj.key.endswith(BUNDLE_SUFFIX):
+                    archive_sizes[obj.key] = obj.size
 
     def read(key: str) -> BundleEntry:
         data = store.read_small(key)
@@ -193,7 +200,9 @@ def list_bundles(store: EvidenceStore, flt: Filter, *, workers: int = 8) -> list
             raise StoreError(f"{store.describe(key)}: unreadable manifest ({exc})") from None
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        entries = list(pool.map(read, keys))
+        entries = [
+            replace(e, archive_bytes=archive_sizes.get(e.bundle_key)) for e in pool.map(read, keys)
+        ]
     return sorted((e for e in entries if flt.keeps(e)), key=lambda e: (e.created, e.bundle_id))
 
 

@@ -54,9 +54,19 @@ def test_upload_list_get_verify(tmp_path: Path) -> None:
     runner = CliRunner()
     out = runner.invoke(list_cmd, ["-c", str(cfg_file), "--rule", "5712", "--json"])
     assert out.exit_code == 0, out.output
-    assert {row["bundle_id"] for row in json.loads(out.output)} == {new.bundle_id, other.bundle_id}
+    rows = json.loads(out.output)
+    assert {row["bundle_id"] for row in rows} == {new.bundle_id, other.bundle_id}
+    stored_new = next((tmp_path / "store").rglob(f"{new.bundle_id}.tar.zst"))
+    assert {r["bundle_id"]: r["archive_bytes"] for r in rows}[new.bundle_id] == stored_new.stat().st_size
     table = runner.invoke(list_cmd, ["-c", str(cfg_file), "--until", "2026-01-01"])
     assert table.exit_code == 0 and old.bundle_id in table.output and new.bundle_id not in table.output
+    other_file = next((tmp_path / "store").rglob(f"{other.bundle_id}.tar.zst"))
+    moved = tmp_path / "moved.tar.zst"
+    other_file.rename(moved)  # a bundle gone from the store: its manifest says so
+    gone = runner.invoke(list_cmd, ["-c", str(cfg_file), "--agent", "agent2"])
+    assert gone.exit_code == 0 and "MISSING" in gone.output
+    assert "without their bundle" in gone.output
+    moved.rename(other_file)
 
     case = tmp_path / "case"
     got = runner.invoke(get_cmd, ["-c", str(cfg_file), new.bundle_id, "-o", str(case)])
