@@ -143,6 +143,20 @@ def _root(store: EvidenceStore) -> str:
     return f"{store.prefix}/" if store.prefix else ""
 
 
+def _agents(store: EvidenceStore, agent: str | None) -> list[str]:
+    """The agent given, or every agent prefix in the store (names that cannot be an agent id,
+    put there by something else, are skipped rather than stopping the search)."""
+    if agent:
+        return [check_agent_id(agent)]
+    found = []
+    for name in store.list_dirs(_root(store)):
+        try:
+            found.append(check_agent_id(name))
+        except RefusedInput:
+            continue
+    return found
+
+
 def _day_ranges(flt: Filter) -> tuple[date, date]:
     low = flt.since.astimezone(UTC).date() if flt.since else date.min
     high = flt.until.astimezone(UTC).date() if flt.until else date.max
@@ -178,7 +192,7 @@ def list_bundles(store: EvidenceStore, flt: Filter, *, workers: int = 8) -> list
     silence (it may be the one the responder is looking for).
     """
     root = _root(store)
-    agents = [check_agent_id(flt.agent)] if flt.agent else store.list_dirs(root)
+    agents = _agents(store, flt.agent)
     low, high = _day_ranges(flt)
     keys: list[str] = []
     archive_sizes: dict[str, int] = {}
@@ -217,7 +231,7 @@ def find_bundle(store: EvidenceStore, bundle_id: str, *, agent: str | None = Non
     started = datetime.fromtimestamp(id_time(bundle_id), UTC)
     days = [started, started + timedelta(days=1)]
     root = _root(store)
-    agents = [check_agent_id(agent)] if agent else store.list_dirs(root)
+    agents = _agents(store, agent)
     for agent_id in agents:
         for day in days:
             key = manifest_key(store.prefix, agent_id, day, bundle_id)

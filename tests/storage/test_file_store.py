@@ -209,6 +209,9 @@ def test_list_with_agent_and_since_touches_only_those_prefixes(tmp_path: Path) -
         make_bundle(config.spool_dir, agent_id="agent2", created=datetime(2026, 5, day, 12, tzinfo=UTC))
     make_bundle(config.spool_dir, created=datetime(2025, 5, 3, 12, tzinfo=UTC))
     Uploader(config).drain_once()
+    (tmp_path / "store" / "not an agent!").mkdir()  # put there by something else: skipped
+    assert {e.bundle_id for e in list_bundles(open_store(config), Filter())} >= {
+        e.bundle_id for e in list_bundles(open_store(config), Filter(agent="agent2"))}
     store = _CountingStore(tmp_path / "store")
     found = list_bundles(store, Filter(agent="agent1", since=datetime(2026, 5, 3, tzinfo=UTC)))
     assert [e.created.day for e in found] == [3] and found[0].agent_id == "agent1"
