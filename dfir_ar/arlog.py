@@ -135,6 +135,9 @@ class AuditRecord:
     alert_id: str | None = None
     rule_id: int | None = None
     operator: str | None = None
+    expires_at: float | None = None
+    """When the action is undone (add/refresh), epoch seconds; None: never or not stateful."""
+    offences: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 

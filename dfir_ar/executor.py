@@ -510,6 +510,8 @@ class Executor:
                 alert_id=None if alert is None else alert.id,
                 rule_id=None if alert is None else alert.rule_id,
                 operator=plan.order.operator,
+                expires_at=result.expires_at if result.action in ("add", "refresh") else None,
+                offences=result.offences or None,
                 details=dict(result.details),
             )
         )

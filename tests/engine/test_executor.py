@@ -296,7 +296,7 @@ def test_timeout_loop_wakes_on_the_deadline_not_a_tick(tmp_path: Path) -> None:
         assert ledger.entries() == []
         [rec] = [r for r in read_audit(cfg.global_.log_dir / "audit.jsonl")
                  if r["action"] == "delete"]
-        assert isinstance(rec["details"], dict) and rec["details"]["late"] < 0.2
+        assert isinstance(rec["details"], dict) and rec["details"]["late"] < 1.0
     finally:
         stop.set()
         ex.wake()
