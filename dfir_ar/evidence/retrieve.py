@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import shutil
 import tarfile
 import tempfile
@@ -20,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from dfir_ar.errors import (
     EvidenceError,
@@ -41,6 +40,7 @@ from dfir_ar.evidence.stores.base import (
     check_agent_id,
     check_bundle_id,
     manifest_key,
+    sha256_file,
 )
 from dfir_ar.ids import id_time
 
@@ -251,18 +251,6 @@ def find_bundle(store: EvidenceStore, bundle_id: str, *, agent: str | None = Non
     )
 
 
-class _HashingWriter:
-    def __init__(self, out: BinaryIO) -> None:
-        self.out = out
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.out.write(data)
-
-
 def _disk_error(action: str, where: Path, exc: OSError) -> EvidenceError:
     if exc.errno == errno.ENOSPC:
         return EvidenceError(
@@ -285,20 +273,22 @@ def download_bundle(
             "(upload interrupted, or deleted from the store)"
         )
     try:
-        with dest.open("wb") as fh:
-            writer = _HashingWriter(fh)
-            store.download(entry.bundle_key, writer, progress=progress)  # type: ignore[arg-type]
+        written = store.download_file(
+            entry.bundle_key, dest, size=info.size, etag=info.etag, progress=progress
+        )
+        on_disk = dest.stat().st_size
+        digest = sha256_file(dest)
     except OSError as exc:
         raise _disk_error("download the bundle", dest.parent, exc) from None
     problems = []
-    if writer.size != info.size:
+    if written != info.size or on_disk != info.size:
         raise StoreError(
-            f"download of {store.describe(entry.bundle_key)} is truncated: {writer.size} of "
+            f"download of {store.describe(entry.bundle_key)} is truncated: {on_disk} of "
             f"{info.size} bytes; nothing was extracted, run the command again"
         )
-    if info.meta is not None and writer.sha.hexdigest() != info.meta.sha256:
+    if info.meta is not None and digest != info.meta.sha256:
         problems.append(
-            f"the bundle's SHA-256 {writer.sha.hexdigest()} is not the {info.meta.sha256} "
+            f"the bundle's SHA-256 {digest} is not the {info.meta.sha256} "
             "recorded when it was uploaded (changed in the store)"
         )
     return info, problems

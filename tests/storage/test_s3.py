@@ -80,8 +80,10 @@ def test_upload_list_get_verify_and_presign(tmp_path: Path, seaweed: Seaweed) ->
     assert base64.b64decode(small_head["ChecksumSHA256"]).hex() == small_head["Metadata"]["dfir-sha256"]
     assert admin.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
-    cfg = write_config_file(tmp_path / "reader.toml", _s3_config(tmp_path / "r", seaweed, bucket=bucket,
-                                                                 identity="reader"))
+    # The reader fetches the 12 MiB bundle as parallel 5 MiB ranges.
+    reader = _s3_config(tmp_path / "r", seaweed, bucket=bucket, identity="reader",
+                        multipart_threshold_mb=5, part_size_mb=5)
+    cfg = write_config_file(tmp_path / "reader.toml", reader)
     runner = CliRunner()
     listed = runner.invoke(list_cmd, ["-c", str(cfg), "--json"])
     assert listed.exit_code == 0, listed.output
@@ -225,15 +227,17 @@ def cutting_proxy(seaweed: Seaweed) -> Iterator[_CuttingProxy]:
         proxy.close()
 
 
+@pytest.mark.parametrize("ranged", [False, True], ids=["one-stream", "parallel-ranges"])
 def test_truncated_download_is_an_error_and_nothing_is_extracted(
-    tmp_path: Path, seaweed: Seaweed, cutting_proxy: _CuttingProxy
+    tmp_path: Path, seaweed: Seaweed, cutting_proxy: _CuttingProxy, ranged: bool
 ) -> None:
     bucket = seaweed.new_bucket()
-    config = _s3_config(tmp_path, seaweed, bucket=bucket)
-    bundle = make_bundle(config.spool_dir, size=2 * MiB)
+    sizes = {"multipart_threshold_mb": 5, "part_size_mb": 5} if ranged else {}
+    config = _s3_config(tmp_path, seaweed, bucket=bucket, **sizes)
+    bundle = make_bundle(config.spool_dir, size=(12 if ranged else 2) * MiB)
     Uploader(config).drain_once()
     via_proxy = _s3_config(tmp_path / "p", seaweed, bucket=bucket,
-                           endpoint=f"http://127.0.0.1:{cutting_proxy.port}")
+                           endpoint=f"http://127.0.0.1:{cutting_proxy.port}", **sizes)
     case = tmp_path / "case"
     with pytest.raises(StoreError, match=r"truncated|broke off") as info:
         fetch_and_verify(open_store(via_proxy), bundle.bundle_id, case, public_key=None)

@@ -133,6 +133,7 @@ class ObjectInfo:
     lock_mode: str | None = None
     lock_until: datetime | None = None
     version_id: str | None = None
+    etag: str | None = None
 
 
 @dataclass
@@ -197,6 +198,20 @@ class EvidenceStore(ABC):
     @abstractmethod
     def download(self, key: str, out: BinaryIO, *, progress: Progress = NO_PROGRESS) -> int:
         """Stream the object into ``out``; returns the bytes written."""
+
+    def download_file(
+        self,
+        key: str,
+        dest: Path,
+        *,
+        size: int,
+        etag: str | None = None,
+        progress: Progress = NO_PROGRESS,
+    ) -> int:
+        """Download into the file ``dest`` (created or truncated); returns the bytes written.
+        Stores that can fetch byte ranges in parallel override this."""
+        with dest.open("wb") as fh:
+            return self.download(key, fh, progress=progress)
 
     @abstractmethod
     def delete(self, key: str) -> None:

@@ -386,6 +386,11 @@ class S3Store(EvidenceStore):
                     "the one sent (bytes damaged in transit or the file changed); nothing was "
                     "stored, the bundle stays in the spool"
                 )
+            if code == "PreconditionFailed" or status == 412:
+                return StoreError(
+                    f"cannot {action} {where}: the object changed while it was read (its ETag no "
+                    "longer matches); run the command again"
+                )
             if code == "NoSuchKey" or (status == 404 and key is not None):
                 return StoreError(f"cannot {action} {where}: no such object")
             if code in ("InvalidRequest", "InvalidArgument") and "lock" in message.lower():
@@ -767,6 +772,7 @@ class S3Store(EvidenceStore):
             lock_mode=reply.get("ObjectLockMode"),
             lock_until=reply.get("ObjectLockRetainUntilDate"),
             version_id=reply.get("VersionId"),
+            etag=reply.get("ETag"),
         )
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -846,6 +852,72 @@ class S3Store(EvidenceStore):
                 "nothing was extracted, run the command again"
             )
         return total
+
+    def download_file(
+        self,
+        key: str,
+        dest: Path,
+        *,
+        size: int,
+        etag: str | None = None,
+        progress: Progress = NO_PROGRESS,
+    ) -> int:
+        """Large objects come down as ``upload_concurrency`` byte ranges in parallel, written in
+        place with pwrite; every range is pinned to the same object with If-Match on its ETag,
+        so an object replaced mid-download fails instead of mixing two versions."""
+        ev = self.evidence
+        threshold = max(ev.multipart_threshold_mb * 1024 * 1024, MIN_PART)
+        if size < threshold or ev.upload_concurrency == 1:
+            return super().download_file(key, dest, size=size, etag=etag, progress=progress)
+        from botocore import exceptions as bce
+
+        part = choose_part_size(size, ev.part_size_mb * 1024 * 1024, ev.upload_concurrency)
+        starts = list(range(0, size, part))
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+
+            def fetch(start: int) -> None:
+                end = min(start + part, size) - 1
+                extra = {"IfMatch": etag} if etag else {}
+                reply = self._call(
+                    "download", key, "get_object", Bucket=self.bucket, Key=key,
+                    Range=f"bytes={start}-{end}", **extra,
+                )
+                pos = start
+                try:
+                    for chunk in reply["Body"].iter_chunks(_READ_BLOCK):
+                        if pos + len(chunk) > end + 1:
+                            raise StoreError(f"{self._where(key)}: the store sent more than asked")
+                        os.pwrite(fd, chunk, pos)  # OSError (a full disk) goes up as it is
+                        pos += len(chunk)
+                        progress(len(chunk))
+                except (bce.BotoCoreError, bce.ClientError) as exc:
+                    raise StoreUnavailable(
+                        f"download of {self._where(key)} broke off at byte {pos} of {size} ({exc}); "
+                        "nothing was extracted, run the command again"
+                    ) from None
+                finally:
+                    reply["Body"].close()
+                if pos != end + 1:
+                    raise StoreUnavailable(
+                        f"download of {self._where(key)} is truncated: range {start}-{end} ended at "
+                        f"byte {pos}; nothing was extracted, run the command again"
+                    )
+
+            workers = min(ev.upload_concurrency, len(starts))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfir-get") as pool:
+                futures = [pool.submit(fetch, start) for start in starts]
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = [f for f in finished if f.exception() is not None]
+                if failed:
+                    for f in futures:
+                        f.cancel()
+                    exc = failed[0].exception()
+                    assert exc is not None
+                    raise exc
+        finally:
+            os.close(fd)
+        return size
 
     def delete(self, key: str) -> None:
         self._call("delete", key, "delete_object", Bucket=self.bucket, Key=key)
