@@ -35,6 +35,23 @@ log = logging.getLogger("dfir_ar.serve")
 #: How long `run --wait` over the socket may wait for one execution.
 WAIT_LIMIT = 3600.0
 
+#: Collector thresholds for a long-running serve (CPython's default is 700, 10, 10).
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Process-wide garbage-collector settings for `serve` (call once, after start-up).
+
+    Every alert allocates a few dozen short-lived containers; with the default thresholds the
+    collector runs every few alerts and, as blocks accumulate, full collections rescan every
+    live entry. Measured in bench/engine: about 1.5x more alerts per CPU-second at 20k alerts.
+    ``gc.freeze`` moves what start-up built (config, plug-ins, modules) out of every scan.
+    """
+    import gc
+
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()
+
 
 class Service:
     """Everything `serve` runs; ``start`` then ``wait``/``stop`` (tests drive it in-process)."""

@@ -56,6 +56,9 @@ def serve(config_file: Path | None, alerts: tuple[Path, ...], verbose: int) -> N
     signal.signal(signal.SIGINT, on_signal)
     try:
         service.start()
+        from dfir_ar.service import tune_gc
+
+        tune_gc()
         # Short waits keep the main thread responsive to signals.
         while not service.stop_event.wait(1.0):
             pass
