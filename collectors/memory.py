@@ -111,6 +111,7 @@ class _Zstd:
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._buf = bytearray()
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         if workers > 1:
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="memory-zstd")
         else:
@@ -132,7 +133,7 @@ class _Zstd:
             except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
                 self._error = exc
 
-    def _frame(self, data: bytearray) -> bytes:
+    def _frame(self, data: bytearray | memoryview) -> bytes:
         cctx = getattr(self._local, "cctx", None)
         if cctx is None:  # a ZstdCompressor must not be shared between threads
             cctx = self._local.cctx = self._zstd.ZstdCompressor(
@@ -140,6 +141,31 @@ class _Zstd:
             )
         out: bytes = cctx.compress(data)
         return out
+
+    def _frame_owned(self, buf: bytearray, n: int) -> bytes:
+        try:
+            return self._frame(memoryview(buf)[:n])
+        finally:
+            self._free.put(buf)
+
+    def buffer(self) -> bytearray:
+        """A FRAME-sized buffer to read into (recycled once its frame is compressed)."""
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            return bytearray(self.FRAME)
+
+    def write_owned(self, buf: bytearray, n: int) -> None:
+        """Take ``buf[:n]`` without copying it: it becomes one frame of its own."""
+        if self._pool is None:
+            self.write(memoryview(buf)[:n])
+            self._free.put(buf)
+            return
+        self.raw += n
+        if self._buf:  # bytes written before this buffer go first, as their own frame
+            pending, self._buf = self._buf, bytearray()
+            self._put(self._pool.submit(self._frame, pending))
+        self._put(self._pool.submit(self._frame_owned, buf, n))
 
     def _put(self, item: bytes | Future[bytes]) -> None:
         if self._error is not None:
@@ -408,7 +434,7 @@ class Memory(Collector):
             try:
                 report = elfcore.dump_core(
                     pid, z.write, max_bytes=cap, should_stop=should_stop, progress=progress,
-                    info=info, maps=maps, resident=resident, sparse=sparse,
+                    info=info, maps=maps, resident=resident, sparse=sparse, lender=z,
                 )
                 stopped = report.stopped
                 z.close()
