@@ -27,7 +27,7 @@ from typing import Any, Literal
 from dfir_ar.alert import MANAGER_AGENT_ID, Alert
 from dfir_ar.errors import RefusedInput
 
-DEFAULT_MAX_ALERT_BYTES = 65_536
+DEFAULT_MAX_ALERT_BYTES = 262_144  # Wazuh frequency rules carry previous_output: alerts get big
 Format = Literal["wazuh", "ossec", "json"]
 FORMATS: tuple[str, ...] = ("auto", "wazuh", "ossec", "json")
 

@@ -183,7 +183,7 @@ class SourceConfig(Strict):
     """host:port for type = "http"; loopback by default."""
     token: str | None = Field(default=None, min_length=16)
     token_file: Path | None = None
-    max_alert_bytes: int = Field(default=65_536, ge=1024)
+    max_alert_bytes: int = Field(default=262_144, ge=1024)
     start_at: Literal["end", "beginning"] = "end"
     """type = "file", first start only (no saved cursor yet): "end" follows only new alerts, like
     Wazuh's only-future-events, so old alerts do not trigger fresh blocks; "beginning" reads the

@@ -36,7 +36,7 @@ class RecordReader:
     def __init__(
         self,
         fmt: str = "auto",
-        max_bytes: int = 65_536,
+        max_bytes: int = 262_144,
         start: int = 0,
         *,
         resync: bool = False,

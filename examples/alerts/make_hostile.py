@@ -131,7 +131,7 @@ def records() -> list[bytes]:
         out.append(b'{"rule": {"id": "5712", "level": 10}, "data": ' + b"[" * depth + b"]" * depth + b"}")
     out.append(b"{" + b'"a":{' * 20_000 + b"}" * 20_001)
     # 7. Oversized: one huge line, and multi-KB fields pushing the alert past 64 KiB.
-    out.append(dumps(wazuh(srcip="198.51.100.6", pad="A" * 200_000)))
+    out.append(dumps(wazuh(srcip="198.51.100.6", pad="A" * 400_000)))
     out.append(dumps(wazuh(srcip="1.2.3.4; id", dstuser="u" * 70_000)))
     out.append(b"[" + b"1," * 40_000 + b"1]")
     # 8. Not UTF-8: overlong encodings, lone continuation bytes, Latin-1, UTF-16.
@@ -175,7 +175,7 @@ OSSEC_BLOCKS: list[bytes] = [
     b"Rule: 5712 (level 10) -> 'not utf-8 \xff\xfe'\nSrc IP: 198.51.100.6\n\n",
     b"** Alert 1795334410.10: - syslog,sshd,authentication_failures,\n"
     b"2026 Nov 22 08:00:10 (web01) 198.51.100.5->/var/log/auth.log\n"
-    b"Rule: 5712 (level 10) -> 'huge'\nSrc IP: 198.51.100.6\n" + b"L" * 70_000 + b"\n\n",
+    b"Rule: 5712 (level 10) -> 'huge'\nSrc IP: 198.51.100.6\n" + b"L" * 300_000 + b"\n\n",
     b"stray text outside any block\n",
     b"** Alert 1795334410.11: - syslog,sshd,authentication_failures,\n"
     b"2026 Nov 22 08:00:10 (web01) 198.51.100.5->/var/log/auth.log\n"
