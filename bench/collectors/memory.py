@@ -58,7 +58,8 @@ sys.stdin.read()
 
 
 def plain_read(pid: int) -> tuple[float, int]:
-    """Read every readable mapping of /proc/PID/mem, map by map; (seconds, bytes)."""
+    """Read every readable mapping of /proc/PID/mem, map by map; (seconds, bytes).
+    CPU seconds are read around the call by the caller (time.process_time)."""
     maps = [m for m in elfcore.read_maps(pid) if not elfcore.skip_reason(m)]
     buf = bytearray(4 * MiB)
     view = memoryview(buf)
@@ -83,8 +84,8 @@ def plain_read(pid: int) -> tuple[float, int]:
     return time.perf_counter() - start, total
 
 
-def dfir_dump(pid: int, work: Path) -> tuple[float, float, int, int]:
-    """(collect seconds, seal seconds, core bytes, stored bytes) of one collector run."""
+def dfir_dump(pid: int, work: Path) -> tuple[float, float, int, int, float]:
+    """(collect seconds, seal seconds, core bytes, stored bytes, collect CPU seconds)."""
     mem = Memory(CollectorContext(state_dir=work / "state"))
     writer = BundleWriter(
         work / "spool", trigger=Trigger(operator="bench"),
@@ -96,8 +97,10 @@ def dfir_dump(pid: int, work: Path) -> tuple[float, float, int, int]:
         deadline=time.monotonic() + 600, max_bytes=8 << 30,
     )
     start = time.perf_counter()
+    cpu0 = time.process_time()
     outcome = mem.collect(job, writer)
     collect_s = time.perf_counter() - start
+    collect_cpu = time.process_time() - cpu0
     if outcome.status is not Status.OK:
         raise SystemExit(f"dump not ok: {outcome.status} {outcome.reason}")
     writer.end_collector(outcome)
@@ -107,7 +110,7 @@ def dfir_dump(pid: int, work: Path) -> tuple[float, float, int, int]:
     (dump,) = outcome.details["dumps"]
     result.path.unlink()
     result.manifest_path.unlink()
-    return collect_s, seal_s, int(dump["core_size"]), int(dump["stored_bytes"])
+    return collect_s, seal_s, int(dump["core_size"]), int(dump["stored_bytes"]), collect_cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,18 +133,26 @@ def main(argv: list[str] | None = None) -> int:
         peer: list[float] = []
         ours: list[float] = []
         seals: list[float] = []
+        cpu_peer: list[float] = []
+        cpu_ours: list[float] = []
         for rep in range(max(3, args.reps)):
+            c0 = time.process_time()
             p_s, p_bytes = plain_read(child.pid)
-            c_s, s_s, core, stored = dfir_dump(child.pid, work)
+            c1 = time.process_time()
+            c_s, s_s, core, stored, c_cpu = dfir_dump(child.pid, work)
             peer.append(p_bytes / MiB / p_s)
             ours.append(core / MiB / c_s)
             seals.append(s_s)
+            cpu_peer.append((c1 - c0) / (p_bytes / (1 << 30)))
+            cpu_ours.append(c_cpu / (core / (1 << 30)))
             print(f"  rep {rep + 1}: plain read {peer[-1]:7.1f} MiB/s ({p_bytes / MiB:.0f} MiB)   "
                   f"dfir-ar core+sha256+zstd {ours[-1]:7.1f} MiB/s ({core / MiB:.0f} MiB -> "
                   f"{stored / MiB:.0f} MiB stored), bundle seal {s_s:.2f}s")
         pm, om = statistics.median(peer), statistics.median(ours)
         print(f"median: plain read {pm:.1f} MiB/s, dfir-ar dump {om:.1f} MiB/s, "
               f"ratio {om / pm:.2f}x (target >= 0.5x); median seal {statistics.median(seals):.2f}s")
+        print(f"CPU per GiB (all threads, seal excluded): plain read "
+              f"{statistics.median(cpu_peer):.2f} s, dfir-ar {statistics.median(cpu_ours):.2f} s")
         print(f"best run (least disturbed by other load): plain read {max(peer):.1f} MiB/s, "
               f"dfir-ar {max(ours):.1f} MiB/s, ratio {max(ours) / max(peer):.2f}x")
         load = os.getloadavg()[0]
