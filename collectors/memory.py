@@ -4,8 +4,9 @@ Decision: each image is zstd-compressed *here* (level -1, 8 MiB frames in parall
 read, into ``artifacts/memory/<pid>.core.zst`` / ``physical.lime.zst`` (media type
 application/zstd), rather than left to the bundle's own compression. Reason: the bundle stages
 artifacts on disk before it seals, so a raw 8 GB dump would need 8 GB of spool; the byte cap
-then also counts what is really kept. The manifest's SHA-256 is over the .zst bytes, hashed while written. ``zstd -d`` gives the
-core for ``gdb -c`` / ``readelf``, and the LiME file for Volatility 3.
+then also counts what is really kept. The manifest's SHA-256 is over the .zst bytes, hashed
+while written. ``zstd -d`` gives the core for ``gdb -c`` / ``readelf``, and the LiME file for
+Volatility 3.
 """
 
 from __future__ import annotations
