@@ -207,7 +207,13 @@ class ControlServer:
                 return
             if uid not in self._allowed:
                 log.warning("control: refused connection from uid %d (pid %d): root only", uid, pid)
-                _send(conn, {"ok": False, "error": "permission denied: the control socket is root only"})
+                with contextlib.suppress(OSError):
+                    # Let the client finish sending (unread, never parsed) so it gets this
+                    # answer rather than a broken pipe.
+                    conn.settimeout(1.0)
+                    _drain_line(conn)
+                    _send(conn, {"ok": False,
+                                 "error": "permission denied: the control socket is root only"})
                 return
             try:
                 conn.settimeout(READ_TIMEOUT)
@@ -232,6 +238,16 @@ class ControlServer:
 
 def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
     conn.sendall(json.dumps(obj, default=str, separators=(",", ":")).encode() + b"\n")
+
+
+def _drain_line(conn: socket.socket) -> None:
+    """Read and discard up to one request line (bounded)."""
+    seen = 0
+    while seen <= MAX_REQUEST:
+        chunk = conn.recv(65536)
+        if not chunk or b"\n" in chunk:
+            return
+        seen += len(chunk)
 
 
 def _recv(conn: socket.socket) -> dict[str, Any]:

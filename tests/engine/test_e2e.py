@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -205,31 +208,28 @@ def test_control_socket_is_0600_and_serves_root_only(tmp_path: Path) -> None:
         assert "reconcile" not in second.stderr
 
 
+_PROBE = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "s.settimeout(20)\n"
+    "s.connect(sys.argv[1])\n"
+    "s.sendall(sys.stdin.buffer.read())\n"
+    "sys.stdout.buffer.write(s.recv(4096))\n"
+)
+
+
 def _as_nobody(path: Path, payload: bytes) -> bytes:
-    """Send ``payload`` from a child process running as uid 65534 and return the answer."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: drop to nobody, talk, report through the pipe, never return to pytest
-        code = 1
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(10)
-                s.connect(str(path))
-                s.sendall(payload)
-                os.write(write_fd, s.recv(4096))
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as fh:
-        answer = fh.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return answer
+    """Send ``payload`` from a process running as uid 65534 and return the answer.
+
+    The system interpreter, not the venv's: uid 65534 may not be able to read the venv, and
+    the probe needs only the standard library. Not os.fork(): pytest's process has threads.
+    """
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    done = subprocess.run([python, "-c", _PROBE, str(path)], input=payload, user=65534,
+                          group=65534, extra_groups=[], capture_output=True, timeout=30,
+                          check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout
 
 
 def test_garbage_on_the_control_socket_is_answered_not_fatal(tmp_path: Path) -> None:
