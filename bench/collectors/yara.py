@@ -4,9 +4,9 @@
     .venv/bin/python bench/collectors/yara.py --mb 200 --reps 3
 
 The tree (mixed file sizes 1 KiB .. 4 MiB, random and text-like content, a few planted hits) is
-built under /tmp and removed at the end. Both tools get the same rule file (20 rules, text, hex
-and nocase strings) and the same thread count (2). After one warm-up run of each (page cache hot
-for both), runs alternate peer/dfir-ar; dfir-ar's time includes writing and sealing the bundle.
+built under /tmp and removed at the end. Both tools get the same rule file (20 rules: text,
+nocase, wide, hex and regex strings) and the same thread count (2). After one warm-up run of each
+(page cache hot for both), runs alternate peer/dfir-ar; dfir-ar's time includes writing and sealing the bundle.
 Prints per-run MB/s, medians and the ratio (target >= 1.2x).
 """
 
@@ -38,6 +38,8 @@ PLANT = b"ym-bench-planted-7f3a9c"
 
 
 def rules_text() -> str:
+    """20 rules in the shape of public webshell/malware sets: plain, nocase, wide, hex with
+    wildcards, and a regex each, plus the planted marker."""
     rules = []
     for i in range(20):
         rules.append(
@@ -47,7 +49,9 @@ def rules_text() -> str:
     strings:
         $t{i} = "suspicious_token_{i:03d}_xyz"
         $w{i} = "EvilMarker{i}" nocase
+        $u{i} = "cmd.exe /c whoami{i}" ascii wide
         $h{i} = {{ 4D 5A 90 00 {i:02X} 00 00 00 ?? 00 FF FF }}
+        $r{i} = /eval\\(base64_decode\\([a-z]{{{i + 2}}}\\)/
         $p = "{PLANT.decode()}"
     condition:
         any of them
