@@ -6,8 +6,8 @@
 The tree (mixed file sizes 1 KiB .. 4 MiB, random and text-like content, a few planted hits) is
 built under /tmp and removed at the end. Both tools get the same rule file (20 rules: text,
 nocase, wide, hex and regex strings) and the same thread count (2). After one warm-up run of each
-(page cache hot for both), runs alternate peer/dfir-ar; dfir-ar's time includes writing and sealing the bundle.
-Prints per-run MB/s, medians and the ratio (target >= 1.2x).
+(page cache hot for both), runs alternate peer/dfir-ar; dfir-ar's time includes writing and
+sealing the bundle. Prints per-run MB/s, medians and the ratio (target >= 1.2x).
 """
 
 from __future__ import annotations
