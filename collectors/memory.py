@@ -229,13 +229,13 @@ class MemorySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     physical_sources: tuple[Path, ...] = lime.DEFAULT_SOURCES
-    """Tried in order for --physical: ELF cores (/proc/kcore) or raw devices (/dev/crash, /dev/mem)."""
+    """Tried in order for --physical: ELF cores (/proc/kcore) or raw devices (/dev/mem)."""
     iomem: Path = lime.DEFAULT_IOMEM
     """Where the System RAM ranges are listed."""
     zstd_level: int = Field(default=-1, ge=-7, le=19)
-    """zstd level of the stored images. -1 (default): on a real process here 2.5 CPU-s/GiB for
-    a 0.36 ratio, where level 1 costs 3.1 for 0.32 and level 3 5.1 for 0.29: capture speed first,
-    since the process keeps changing while it is read; raise it to trade CPU for storage."""
+    # Measured on a real process here: -1 costs 2.5 CPU-s/GiB for a 0.36 ratio, level 1 3.1 for
+    # 0.32, level 3 5.1 for 0.29. Capture speed first: the process changes while it is read.
+    """zstd level of the stored images (-1: fast; raise it to trade CPU for smaller dumps)."""
     compress_workers: int = Field(default=2, ge=1, le=64)
     """Threads compressing 8 MiB frames in parallel (1: one frame, on the reading thread)."""
 
