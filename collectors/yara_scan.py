@@ -14,8 +14,9 @@ and handed to libyara as ``/proc/self/fd/N``: what is scanned is exactly the fil
 even if the path is swapped for a symlink meanwhile.
 
 Scans run on a thread pool (libyara releases the GIL, so N threads use N cores; the per-file
-Python overhead measured ~3% of the scan's CPU). Output: ``matches.jsonl`` (one line per rule match, with strings, offsets and capped matched
-data in hex) and ``problems.jsonl`` (unreadable files, timeouts, vanished pids).
+Python overhead measured ~3% of the scan's CPU). Output: ``matches.jsonl`` (one line per rule
+match, with strings, offsets and capped matched data in hex) and ``problems.jsonl`` (unreadable
+files, timeouts, vanished pids).
 """
 
 from __future__ import annotations
