@@ -18,8 +18,10 @@ import os
 import queue
 import re
 import shutil
+import signal
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -224,6 +226,50 @@ def _disk_precheck(sink: ArtifactSink, raw_size: int) -> str:
             f"({free // MiB} MiB); it fits only if it compresses well")
 
 
+def _state(pid: int) -> str:
+    """The one-letter state of /proc/PID/stat ('' when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return ""
+    return stat[stat.rfind(b")") + 2 :][:1].decode("ascii", "replace")
+
+
+@contextlib.contextmanager
+def frozen(pid: int, enabled: bool, settle: float = 1.0) -> Iterator[bool]:
+    """SIGSTOP ``pid`` for the dump and SIGCONT it after, so the image is one instant.
+
+    Through a pidfd, so a pid reused meanwhile is never signalled. A process that was already
+    stopped is left stopped. Yields whether this call froze it.
+    """
+    if not enabled:
+        yield False
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
+    except OSError:
+        yield False  # no pidfd support: dump without freezing rather than risk a wrong pid
+        return
+    try:
+        if _state(pid) in ("T", "t", ""):
+            yield False
+            return
+        signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+        end = time.monotonic() + settle
+        while _state(pid) not in ("T", "t", "") and time.monotonic() < end:
+            time.sleep(0.001)  # SIGSTOP is asynchronous: wait until the process is stopped
+        try:
+            yield True
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+    finally:
+        os.close(pidfd)
+
+
 class MemorySettings(BaseModel):
     """``[collectors.memory]``."""
 
@@ -271,6 +317,11 @@ class Memory(Collector):
         OptionSpec(
             "physical", bool, False,
             "Also take a physical memory image (LiME) from /proc/kcore, /dev/crash or /dev/mem.",
+        ),
+        OptionSpec(
+            "freeze", bool, False,
+            "Stop each process (SIGSTOP) while it is dumped, so the image is one instant; it is "
+            "resumed after (the process may notice the pause).",
         ),
         OptionSpec("duration", float, 600.0, "Seconds the whole collection may take."),
     )
@@ -402,6 +453,22 @@ class Memory(Collector):
         index: int,
         count: int,
     ) -> dict[str, Any]:
+        with frozen(pid, bool(job.options.get("freeze", False))) as was_frozen:
+            result = self._dump_one(pid, max_mb, job, sink, should_stop, index, count,
+                                    was_frozen)
+        return result
+
+    def _dump_one(
+        self,
+        pid: int,
+        max_mb: int,
+        job: CollectJob,
+        sink: ArtifactSink,
+        should_stop: Callable[[], str],
+        index: int,
+        count: int,
+        was_frozen: bool,
+    ) -> dict[str, Any]:
         info = elfcore.read_process_info(pid)
         maps = elfcore.read_maps(pid)
         if not maps:
@@ -463,6 +530,7 @@ class Memory(Collector):
             "maps": len(maps),
             "core_size": layout.size,
             "core_size_uncapped": full.size,
+            "frozen": was_frozen,
             "written": raw,
             "complete": bool(report and report.complete) and not stopped,
             "stopped": stopped,
@@ -481,6 +549,7 @@ class Memory(Collector):
             "artifact": f"{pid}.core.zst",
             "core_size": layout.size,
             "stored_bytes": stored,
+            "frozen": was_frozen,
             "complete": meta["complete"],
             "stopped": stopped,
             "omitted_maps": len(omitted),

@@ -585,3 +585,37 @@ def test_pid_values_parse_or_are_refused(bad: str) -> None:
     assert parse_pids(["12", "12", "7"], "memory") == [12, 7]
     with pytest.raises(InvalidArgument, match="is not a process id"):
         parse_pids([bad], "memory")
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return stat[stat.rfind(b")") + 2 :][:1].decode()
+
+
+def test_freeze_stops_the_process_for_the_dump_and_resumes_it(
+    tmp_path: Path, bundle_writer: Callable[..., BundleWriter]
+) -> None:
+    require_root()
+    # A busy child: without --freeze it would be running ('R') while read.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "b = bytearray(1 << 20)\nwhile True:\n    b[0] = (b[0] + 1) % 256"]
+    )
+    try:
+        seen: list[str] = []
+        job = make_job(["--pid", str(proc.pid), "--freeze"])
+        job.progress = lambda message, fraction: seen.append(_state(proc.pid))
+        writer = bundle_writer("memory")
+        outcome = collector(tmp_path).collect(job, writer)
+        _, report = seal(writer, outcome)
+        assert report.ok, report.problems
+        assert outcome.status is Status.OK, outcome.reason
+        assert seen and set(seen) == {"T"}  # stopped for the whole dump
+        assert outcome.details["dumps"][0]["frozen"] is True
+        for _ in range(200):  # SIGCONT is asynchronous too: poll, bounded
+            if _state(proc.pid) != "T":
+                break
+            time.sleep(0.005)
+        assert _state(proc.pid) in ("R", "S")  # and running again after it
+    finally:
+        proc.kill()
+        proc.wait()
