@@ -294,7 +294,9 @@ class Memory(Collector):
     why, unreadable ranges). --max-mb caps each core: heap and anonymous memory are kept first,
     read-only file mappings dropped first, and the core stays well-formed. --physical reads
     /proc/kcore (System RAM from /proc/iomem) like AVML; hosts without any physical source get
-    an error naming each source tried. Needs root (or CAP_SYS_PTRACE).
+    an error naming each source tried. --freeze holds each process stopped while it is read
+    (if dfir-ar is killed -9 meanwhile, `kill -CONT PID` resumes it). Needs root (or
+    CAP_SYS_PTRACE).
     """
 
     name: ClassVar[str] = "memory"
