@@ -332,14 +332,11 @@ class Executor:
             timeout = None
         key = responder.key(self._request(order, cmd, timeout))
         window = self.config.global_.offender_window
-        existing = tx.get(cmd.name, key)
+        existing, previous, last = tx.lookup(cmd.name, key)
         # While an entry exists it carries the offender counter; the offenders table gets it when
         # the entry is retired (one write fewer per new alert on the hot path).
-        last: float | None
         if existing is not None:
             previous, last = existing.offences, existing.last_offence
-        else:
-            previous, last = tx.offender(cmd.name, key)
         offence = next_offence(
             previous,
             last_offence=last,

@@ -300,6 +300,23 @@ class Tx:
     def count_entries(self) -> int:
         return int(self._c.execute("SELECT count(*) FROM entries").fetchone()[0])
 
+    def lookup(self, command: str, key: str) -> tuple[Entry | None, int, float | None]:
+        """The entry for (command, key) and its stored offender counter, in one query (the hot
+        path: every statement is a GIL release and re-acquire)."""
+        row = self._c.execute(
+            "SELECT e.command, e.key, e.order_id, e.agent_id, e.request, e.state, e.status, "
+            "e.created_at, e.applied_at, e.expires_at, e.offences, e.last_offence, "
+            "o.count, o.last_offence "
+            "FROM (SELECT ? AS c, ? AS k) AS q "
+            "LEFT JOIN entries AS e ON e.command = q.c AND e.key = q.k "
+            "LEFT JOIN offenders AS o ON o.command = q.c AND o.key = q.k",
+            (command, key),
+        ).fetchone()
+        entry = None if row[0] is None else _entry(row[:12])
+        count = 0 if row[12] is None else int(row[12])
+        last = None if row[13] is None else float(row[13])
+        return entry, count, last
+
     def offender(self, command: str, key: str) -> tuple[int, float | None]:
         row = self._c.execute(
             "SELECT count, last_offence FROM offenders WHERE command = ? AND key = ?",
