@@ -31,6 +31,8 @@ S3_PORT = 8333
 WEED_PORTS = (8333, 9333, 19333, 9340, 19340, 8888, 18888, 18333)
 BUCKET = "evidence"
 """The bucket the per-agent identities are scoped to."""
+LOCKED_BUCKET = "evidence-locked"
+"""Same scoping, on a bucket created with object lock."""
 PREFIX = "bundles"
 
 IDENTITIES = {
@@ -54,17 +56,21 @@ def s3_json() -> dict[str, Any]:
         key, secret = IDENTITIES[name]
         return {"name": name, "credentials": [{"accessKey": key, "secretKey": secret}], "actions": actions}
 
-    agent = lambda a: [  # noqa: E731
-        f"Write:{BUCKET}/{PREFIX}/{a}/*",
-        f"Read:{BUCKET}/{PREFIX}/{a}/*",
-        f"List:{BUCKET}",
-    ]
+    def agent(a: str, *, retention: bool) -> list[str]:
+        actions = []
+        for bucket in (BUCKET, LOCKED_BUCKET):
+            actions += [f"Write:{bucket}/{PREFIX}/{a}/*", f"Read:{bucket}/{PREFIX}/{a}/*",
+                        f"List:{bucket}"]
+            if retention:
+                actions.append(f"PutObjectRetention:{bucket}/{PREFIX}/{a}/*")
+        return actions
+
     return {
         "identities": [
             ident("admin", ["Admin", "Read", "Write", "List", "Tagging"]),
             ident("reader", ["Read", "List"]),
-            ident("agent1", agent("agent1")),
-            ident("agent2", agent("agent2")),
+            ident("agent1", agent("agent1", retention=True)),
+            ident("agent2", agent("agent2", retention=False)),  # may not set object lock
         ]
     }
 
@@ -160,11 +166,8 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
     server = Seaweed(binary, tmp_path_factory.mktemp("seaweed"))
     server.start()
     try:
-        try:
-            server.client().create_bucket(Bucket=BUCKET)
-        except Exception as exc:
-            if "BucketAlreadyExists" not in str(exc) and "BucketAlreadyOwnedByYou" not in str(exc):
-                raise
+        server.client().create_bucket(Bucket=BUCKET)
+        server.client().create_bucket(Bucket=LOCKED_BUCKET, ObjectLockEnabledForBucket=True)
         yield server
     finally:
         server.stop()

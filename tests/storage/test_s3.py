@@ -27,6 +27,7 @@ from dfir_ar.evidence.verify import verify_bundle
 from tests.conftest import require_tool
 from tests.storage.conftest import (
     BUCKET,
+    LOCKED_BUCKET,
     PREFIX,
     Seaweed,
     make_bundle,
@@ -338,3 +339,28 @@ def test_different_object_at_the_same_key_is_never_overwritten(tmp_path: Path, s
         Uploader(config).drain_once()
     assert bundle.path.exists()
     assert admin.get_object(Bucket=bucket, Key=key)["Body"].read() == b"planted by someone else"
+
+
+def test_a_compromised_agent_cannot_destroy_its_locked_evidence(tmp_path: Path, seaweed: Seaweed) -> None:
+    config = _s3_config(tmp_path, seaweed, bucket=LOCKED_BUCKET, identity="agent1",
+                        object_lock_mode="COMPLIANCE", object_lock_days=1)
+    bundle = make_bundle(config.spool_dir)
+    uploader = Uploader(config)
+    uploader.check_store()
+    assert uploader.drain_once() == 1
+    entry = find_bundle(open_store(config), bundle.bundle_id, agent="agent1")
+    a1 = seaweed.client("agent1")
+    for key in (entry.bundle_key, entry.manifest_key):
+        head = a1.head_object(Bucket=LOCKED_BUCKET, Key=key)
+        assert head["ObjectLockMode"] == "COMPLIANCE"
+        with pytest.raises(Exception, match=r"AccessDenied|ObjectLocked|403"):
+            a1.delete_object(Bucket=LOCKED_BUCKET, Key=key, VersionId=head["VersionId"])
+    # An identity without the retention right is told at start, not at its first bundle.
+    agent2 = _s3_config(tmp_path / "a2", seaweed, bucket=LOCKED_BUCKET, identity="agent2",
+                        agent_id="agent2", object_lock_mode="COMPLIANCE", object_lock_days=1)
+    with pytest.raises(StoreError, match="PutObjectRetention"):
+        Uploader(agent2).check_store()
+    # The responder still gets the original, verified.
+    reader = _s3_config(tmp_path / "r", seaweed, bucket=LOCKED_BUCKET, identity="reader")
+    fetched = fetch_and_verify(open_store(reader), bundle.bundle_id, tmp_path / "case", public_key=None)
+    assert fetched.report.ok

@@ -374,11 +374,16 @@ class S3Store(EvidenceStore):
                     "evidence.store"
                 )
             if code in ("AccessDenied", "403", "AllAccessDisabled") or status == 403:
+                lock = (
+                    "; with object_lock_mode set it also needs s3:PutObjectRetention there"
+                    if self.evidence.object_lock_mode
+                    else ""
+                )
                 return StoreError(
                     f"cannot {action} {where}: access denied for access key "
                     f"{self._access_key_hint()}; an agent identity may only write under "
                     "<prefix>/<its agent_id>/ (see examples/storage/ for the policy), and "
-                    "the agent_id in [global] must match"
+                    f"the agent_id in [global] must match{lock}"
                 )
             if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"):
                 return StoreError(
@@ -438,6 +443,15 @@ class S3Store(EvidenceStore):
             self._check_object_lock()
         key = agent_prefix(self.prefix, agent_id) + f"{HEALTHCHECK_DIR}/probe"
         body = b"dfir-ar store check\n"
+        # With object lock configured the probe carries a one-day retention, so a missing
+        # PutObjectRetention right shows now, not at the first bundle; one tiny version per
+        # start stays until that day is over.
+        lock: dict[str, Any] = {}
+        if self.evidence.object_lock_mode:
+            lock = {
+                "ObjectLockMode": self.evidence.object_lock_mode,
+                "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=1),
+            }
         self._call(
             "write a test object to",
             key,
@@ -447,6 +461,7 @@ class S3Store(EvidenceStore):
             Body=body,
             ChecksumSHA256=b64_sha256(hashlib.sha256(body).digest()),
             **self._sse_args(),
+            **lock,
         )
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
