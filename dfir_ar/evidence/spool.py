@@ -381,6 +381,9 @@ class Uploader:
                 rule_id=facts.rule_id,
                 alert_id=facts.alert_id,
             )
+            if size >= 64 * 1024 * 1024:
+                log.info("uploading bundle %s (%.0f MiB) to %s", facts.bundle_id, size / 2**20,
+                         self.store.describe(bkey))
             report = self._reporter(entry.bundle_id, size)
             self.store.put_file(
                 entry.bundle, bkey, meta, resume_state=entry.resume, progress=report, stats=stats

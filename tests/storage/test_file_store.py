@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from dfir_ar.cli.bundles_remote import get_cmd, list_cmd, push_cmd
-from dfir_ar.errors import EvidenceError, StoreError, VerificationFailed
+from dfir_ar.errors import EvidenceError, StoreError, UsageError, VerificationFailed
 from dfir_ar.evidence.retrieve import Filter, fetch_and_verify, list_bundles
 from dfir_ar.evidence.spool import SPOOL_FULL_MARK, SpoolFull, Uploader, check_spool_quota
 from dfir_ar.evidence.stores.base import ObjectInfo, open_store
@@ -178,6 +178,9 @@ def test_bundles_verify_accepts_an_id_fetched_from_the_store(tmp_path: Path) -> 
     reports = json.loads(failed.output[: failed.output.rindex("]") + 1])
     assert [r["ok"] for r in reports] == [True, False]
     assert any("recorded when it was uploaded" in p for p in reports[1]["problems"])
+    url = runner.invoke(cli, ["bundles", "url", "-c", cfg, good.bundle_id])
+    assert isinstance(url.exception, UsageError) and url.exception.exit_code == 2
+    assert "file store" in str(url.exception) and good.bundle_id in str(url.exception)
     nonsense = runner.invoke(cli, ["bundles", "verify", "-c", cfg, "not-an-id-or-file"])
     assert nonsense.exit_code == 2 and "neither a file nor a bundle id" in nonsense.output
     # list/get/url/push are in the same group

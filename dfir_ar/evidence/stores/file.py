@@ -221,6 +221,14 @@ class FileStore(EvidenceStore):
         except OSError as exc:
             raise _os_error("delete", path, exc) from None
 
+    def presign(self, key: str, expires: int) -> str:
+        from dfir_ar.errors import UsageError
+
+        raise UsageError(
+            f"{self.url} is a file store: there is no URL to sign; the bundle is at "
+            f"{self._path(key)} (serve it yourself, or configure an s3:// store)"
+        )
+
     def describe(self, key: str) -> str:
         return str(self._path(key))
 
