@@ -121,6 +121,8 @@ def test_process_dump_opens_in_readelf_and_gdb(
     starts = [m.start for m in maps]  # one LOAD per map (sparse maps may add split runs)
     assert [v for v in vaddrs if v in starts] == starts
     assert all(any(m.start <= v < m.end for m in maps) for v in vaddrs)
+    full = subprocess.run(["readelf", "-a", "-W", str(core)], capture_output=True, text=True, check=False)
+    assert full.returncode == 0 and "Error" not in full.stderr, full.stderr
     notes = subprocess.run(["readelf", "-n", str(core)], capture_output=True, text=True, check=True)
     for note in ("NT_PRSTATUS", "NT_PRPSINFO", "NT_FILE", "NT_AUXV"):
         assert note in notes.stdout
