@@ -449,18 +449,24 @@ def test_bundle_byte_cap_plans_a_smaller_core(
     assert core.stat().st_size <= 1 << 20
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_compressing_writer_surfaces_the_sink_cap(
-    bundle_writer: Callable[..., BundleWriter]
+    bundle_writer: Callable[..., BundleWriter], workers: int
 ) -> None:
     from collectors.memory import _Zstd
     from dfir_ar.collector import ByteCapReached
 
     writer = bundle_writer("memory", max_bytes=256 * 1024)
     with writer.artifact("x.zst", "application/zstd") as art:
-        z = _Zstd(art, 1, 0)
+        z = _Zstd(art, 1, workers)
         with pytest.raises(ByteCapReached):
-            for _ in range(64):  # incompressible: the cap is crossed after ~2 chunks
-                z.write(memoryview(os.urandom(128 * 1024)))
+            for _ in range(256):  # incompressible: the cap is crossed early
+                if workers > 1:
+                    buf = z.buffer()
+                    buf[: 1 << 20] = os.urandom(1 << 20)
+                    z.write_owned(buf, 1 << 20)
+                else:
+                    z.write(memoryview(os.urandom(128 * 1024)))
         with pytest.raises(ByteCapReached):
             z.close()  # the frame cannot be finished: said again, not swallowed
         z.close()  # and then idempotent; the writer thread is gone
