@@ -291,15 +291,6 @@ class Tx:
              command, key, order_id),
         )
 
-    def get(self, command: str, key: str) -> Entry | None:
-        row = self._c.execute(
-            _SELECT_ENTRIES + " WHERE command = ? AND key = ?", (command, key)
-        ).fetchone()
-        return None if row is None else _entry(row)
-
-    def count_entries(self) -> int:
-        return int(self._c.execute("SELECT count(*) FROM entries").fetchone()[0])
-
     def lookup(self, command: str, key: str) -> tuple[Entry | None, int, float | None]:
         """The entry for (command, key) and its stored offender counter, in one query (the hot
         path: every statement is a GIL release and re-acquire)."""
@@ -544,10 +535,6 @@ class Ledger(_Reader):
 
     def remove_job(self, order_id: str) -> None:
         self._write("DELETE FROM jobs WHERE order_id = ?", (order_id,))
-
-    def store_cursor(self, source: str, position: str, now: float) -> None:
-        with self.transaction() as tx:
-            tx.save_cursor(source, position, now)
 
     def purge_offenders(self, older_than: float) -> int:
         """Drop counters whose last offence is before ``older_than`` (they have decayed)."""
