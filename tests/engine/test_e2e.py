@@ -293,3 +293,25 @@ def test_run_never_executes_beside_a_serve_whose_socket_is_gone(tmp_path: Path) 
         assert done.returncode == 6, done.stderr
         assert "in use by another dfir-ar process" in done.stderr
         assert setup.deny_lines() == []
+
+
+OSSEC_BLOCK = """** Alert 1795334410.{n}: - syslog,sshd,authentication_failures,
+2026 Nov 22 08:00:10 e2e-host->/var/log/auth.log
+Rule: 5712 (level 10) -> 'sshd: brute force trying to get access to the system.'
+Src IP: {ip}
+User: root
+Nov 22 08:00:10 e2e-host sshd[77]: Failed password for root from {ip} port 4242 ssh2
+
+"""
+
+
+def test_serve_reads_ossec_alerts_log_blocks(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, timeout=60)
+    setup.alerts = tmp_path / "alerts.log"  # OSSEC's multi-line format, detected
+    with serving(setup):
+        with setup.alerts.open("a") as fh:
+            fh.write(OSSEC_BLOCK.format(n=1, ip="203.0.113.44"))
+            fh.write(OSSEC_BLOCK.format(n=2, ip="2001:db8:44::1"))
+        wait_for(lambda: sorted(setup.deny_lines()) == ["ALL: 203.0.113.44",
+                                                        "ALL: [2001:db8:44::1]"],
+                 15, "both deny lines")
