@@ -219,8 +219,11 @@ class EvidenceConfig(Strict):
     sse_kms_key_id: str | None = None
     object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
     object_lock_days: int | None = Field(default=None, ge=1)
-    multipart_threshold_mb: int = Field(default=64, ge=5)
-    part_size_mb: int = Field(default=64, ge=5)
+    multipart_threshold_mb: int = Field(default=16, ge=5)
+    """Bundles from this size on go up as multipart (parallel parts, resumable)."""
+    part_size_mb: int = Field(default=16, ge=5)
+    """Multipart part size; grown as needed so a bundle fits S3's 10,000 parts. 16 MiB measured
+    best against SeaweedFS (bench/upload); larger parts help on high-latency links."""
     upload_concurrency: int = Field(default=8, ge=1, le=64)
     upload_rate_limit_mbps: float | None = Field(default=None, gt=0)
     """Cap on upload bandwidth in MiB/s (all parts together); None: as fast as the link goes."""

@@ -374,6 +374,7 @@ class Uploader:
             size = 0
         else:
             size = entry.bundle.stat().st_size
+            hash_start = time.monotonic()
             meta = ObjectMeta(
                 agent_id=facts.agent_id,
                 bundle_id=facts.bundle_id,
@@ -381,6 +382,7 @@ class Uploader:
                 rule_id=facts.rule_id,
                 alert_id=facts.alert_id,
             )
+            stats.hash_seconds = time.monotonic() - hash_start
             if size >= 64 * 1024 * 1024:
                 log.info("uploading bundle %s (%.0f MiB) to %s", facts.bundle_id, size / 2**20,
                          self.store.describe(bkey))

@@ -19,7 +19,7 @@ import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -145,7 +145,8 @@ class UploadStats:
     parts_uploaded: int = 0
     parts_reused: int = 0
     skipped_existing: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
+    hash_seconds: float = 0.0
+    """Time spent on the whole-file SHA-256 before the upload could start (object metadata)."""
 
 
 class EvidenceStore(ABC):
