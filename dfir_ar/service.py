@@ -109,6 +109,9 @@ class Service:
         uploader = self._start_uploader()
         for source in self.sources:
             self._spawn(f"dfir-ar-source-{source.name}", self._run_source, source)
+        if not self.sources:
+            log.warning("no alert sources ([[source]] blocks or --alerts): serving manual orders "
+                        "(dfir-ar run) and timeouts only")
         log.info(
             "dfir-ar serve ready: agent %s, %d command(s), %d binding(s), %d source(s) [%s], "
             "ledger %s (%d live, reconcile: %s), control %s, evidence uploader %s, "
