@@ -118,3 +118,29 @@ def test_bundles_arrive_after_the_store_comes_back(tmp_path: Path, live_seaweed:
         assert entry.agent_id == "agent1"
         assert store.head(entry.bundle_key) is not None
     assert json.loads(store.read_small(entry.manifest_key))["bundle_id"] == bundles[-1].bundle_id
+
+
+def test_resume_log_of_an_upload_gone_from_the_store_starts_afresh(
+    tmp_path: Path, seaweed: Seaweed
+) -> None:
+    from dfir_ar.evidence.spool import ManifestFacts
+    from dfir_ar.evidence.stores.base import bundle_key, sha256_file
+    from dfir_ar.evidence.stores.s3 import ResumeLog, _ResumeHeader
+
+    bucket = seaweed.new_bucket()
+    config = make_config(tmp_path, store=f"s3://{bucket}/{PREFIX}", endpoint=seaweed.endpoint,
+                         identity="admin", multipart_threshold_mb=5, part_size_mb=5)
+    bundle = make_bundle(config.spool_dir, size=12 * MiB)
+    facts = ManifestFacts.from_json(bundle.manifest_path.read_bytes())
+    key = bundle_key(PREFIX, facts.agent_id, facts.created, facts.bundle_id)
+    # What a crash leaves when the store meanwhile aborted the upload (lifecycle rule, admin).
+    sha = sha256_file(bundle.path)
+    log = ResumeLog(bundle.path.with_name(bundle.bundle_id + RESUME_SUFFIX))
+    log.start(_ResumeHeader(key, "no-such-upload-id", bundle.path.stat().st_size, sha, 5 * MiB))
+    log.add_part(1, '"0123456789abcdef0123456789abcdef"', "AAAA")
+    uploader = Uploader(config)
+    assert uploader.drain_once() == 1
+    stats = uploader.uploaded[0].stats
+    assert (stats.parts_reused, stats.parts_uploaded, stats.parts_total) == (0, 3, 3)
+    body = seaweed.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == sha
