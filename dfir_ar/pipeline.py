@@ -246,3 +246,25 @@ class Pipeline:
             agent_ids=agent_ids,
         )
         return Decision(b.index, name, order, None)
+
+
+def not_here(order: Order, agent_id: str) -> str | None:
+    """Why ``order`` does not run on a local-mode host that is agent ``agent_id``, or None.
+
+    Local mode is one host: the manager (location server/all) and agent ``global.agent_id``.
+    ``local`` means "the agent that produced the alert" (OSSEC/Wazuh): an alert from another agent
+    in a manager's alerts.json must not block or disable an account on THIS host. Pure, shared by
+    `serve` and `simulate` so both give the same answer.
+    """
+    if order.location in (Location.SERVER, Location.ALL):
+        return None
+    if order.location is Location.LOCAL and (not order.agent_ids or agent_id in order.agent_ids):
+        return None
+    if order.location is Location.DEFINED_AGENT and agent_id in order.agent_ids:
+        return None
+    agents = ",".join(order.agent_ids)
+    return (
+        f"location {order.location.value!r} means agent(s) {agents}; this local-mode host is "
+        f'agent {agent_id} (set global.agent_id = "{order.agent_ids[0]}" if this host is that '
+        "agent); fleet mode is not available in this build"
+    )

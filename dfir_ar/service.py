@@ -20,12 +20,13 @@ from typing import Any
 from dfir_ar.alert import Alert
 from dfir_ar.arlog import AuditLog, AuditRecord
 from dfir_ar.clock import Clock, SystemClock
-from dfir_ar.config.models import Config, Location
+from dfir_ar.config.models import Config
 from dfir_ar.control import ControlServer, order_from_request
 from dfir_ar.errors import UsageError
 from dfir_ar.executor import Executor, Result, protected_networks
 from dfir_ar.ledger import Ledger, StateLock
 from dfir_ar.order import Order
+from dfir_ar.pipeline import not_here
 from dfir_ar.responder import Responder
 from dfir_ar.sources.base import AlertSource, Cursor, Rejected
 from dfir_ar.validate import IPNetwork
@@ -105,6 +106,7 @@ class Service:
             self.control = ControlServer(g.socket_path, self._dispatch_control)
             self.control.start()
         summary = self.executor.reconcile()
+        self._recover_bundles()
         self._spawn("dfir-ar-timeouts", self.executor.run_timeouts, self.stop_event)
         uploader = self._start_uploader()
         for source in self.sources:
@@ -133,6 +135,19 @@ class Service:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def _recover_bundles(self) -> None:
+        """Seal what a crash left half-written in the spool, before the uploader looks at it."""
+        from dfir_ar.evidence.bundle import recover_staging
+
+        try:
+            recovered = recover_staging(self.config)
+        except Exception as exc:  # noqa: BLE001 - containment goes on; the spool is kept as is
+            log.error("could not recover the evidence spool %s: %s", self.config.spool_dir, exc)
+            return
+        for result in recovered:
+            log.warning("sealed bundle %s left by an interrupted collection (status %s)",
+                        result.bundle_id, result.status)
 
     def _start_uploader(self) -> str:
         try:
@@ -218,26 +233,10 @@ class Service:
         self.executor.accept(orders, cursor=cursor)
 
     def _runs_here(self, order: Order) -> bool:
-        """Local mode is one host: manager (location server/all) and agent ``global.agent_id``.
-
-        ``local`` means "the agent that produced the alert" (OSSEC/Wazuh): an alert from another
-        agent in a manager's alerts.json must not disable an account or block on THIS host.
-        """
-        g = self.config.global_
-        here = g.agent_id
-        if order.location in (Location.SERVER, Location.ALL):
-            return True
-        if order.location is Location.LOCAL and (not order.agent_ids or here in order.agent_ids):
-            return True
-        if order.location is Location.DEFINED_AGENT and here in order.agent_ids:
+        reason = not_here(order, self.config.global_.agent_id)
+        if reason is None:
             return True
         self.counters["not_here"] += 1
-        agents = ",".join(order.agent_ids)
-        reason = (
-            f"location {order.location.value!r} means agent(s) {agents}; this local-mode host is "
-            f"agent {here} (set global.agent_id = \"{order.agent_ids[0]}\" if this host is that "
-            "agent); fleet mode is not available in this build"
-        )
         log.warning("order %s (%s): not run: %s", order.id, order.command, reason)
         if order.alert is not None:
             _audit_refusal(self.audit, self.clock.now(), order.alert, order.command, reason)

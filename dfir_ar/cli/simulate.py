@@ -21,8 +21,9 @@ import click
 from dfir_ar.alert import Alert
 from dfir_ar.cli.common import config_option, json_option, load, print_json, print_table
 from dfir_ar.config.models import Config, Location
+from dfir_ar.escalation import next_offence
 from dfir_ar.parsers import DEFAULT_MAX_ALERT_BYTES, excerpt
-from dfir_ar.pipeline import Decision, Pipeline, where
+from dfir_ar.pipeline import Decision, Pipeline, not_here, where
 from dfir_ar.rails import RateLimiter, active_cap_allows, host_protected_networks
 from dfir_ar.sources.base import Rejected
 from dfir_ar.sources.reader import RecordReader
@@ -88,7 +89,7 @@ class Simulation:
     limiters: dict[str, RateLimiter] = field(default_factory=dict)
     active: dict[tuple[str, str], float] = field(default_factory=dict)
     """(command, key) -> expiry of stateful responses in place."""
-    offences: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    offences: dict[tuple[str, str], tuple[int, float | None]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     explain: bool = False
     """Say, per binding, why an alert matched none (the --json output always does)."""
@@ -136,6 +137,10 @@ class Simulation:
                 place = f"local (agent {order.agent_ids[0]})"
             elif alert is not None and alert.agent_name:
                 place = f"local (agent {excerpt(alert.agent_name, 30)}, by name)"
+        elsewhere = not_here(order, self.config.global_.agent_id)
+        if elsewhere is not None:
+            self._count("refused")
+            return Row(*base, binding, d.command, place, "not here", elsewhere)
         cmd = self.config.command_named(order.command)
         if cmd is not None and cmd.max_per_minute:
             limiter = self.limiters.setdefault(cmd.name, RateLimiter(cmd.max_per_minute))
@@ -152,16 +157,15 @@ class Simulation:
         else:
             key_value = str(target.filename or "")
         key = (order.command, key_value)
-        # Offences decay after offender_window (Wazuh never forgets them).
-        window = self.config.global_.offender_window
-        history = [t for t in self.offences.get(key, []) if now - t < window]
-        history.append(now)
-        self.offences[key] = history
-        n = len(history)
-        timeout = order.timeout
-        if timeout is not None and n > 1 and order.repeated_offenders:
-            minutes = order.repeated_offenders[min(n - 2, len(order.repeated_offenders) - 1)]
-            timeout = minutes * 60.0
+        # The engine's own escalation: offences decay after offender_window (Wazuh never
+        # forgets them).
+        previous, last = self.offences.get(key, (0, None))
+        offence = next_offence(
+            previous, last_offence=last, now=now, window=self.config.global_.offender_window,
+            timeout=order.timeout, repeated_offenders=order.repeated_offenders,
+        )
+        self.offences[key] = (offence.count, now)
+        n, timeout = offence.count, offence.timeout
         for k in [k for k, exp in self.active.items() if exp <= now]:
             del self.active[k]
         note = ""
@@ -239,6 +243,7 @@ def simulate(
     Verdicts:
       fires         an order would be sent (with its timeout)
       refused: WHY  white list, invalid srcip/user, missing argument, level 0, rate limit, cap
+      not here      location local/defined-agent names another agent than global.agent_id
       no match      no [[active_response]] matches the rule id, group or level (--why: per
                     binding, what did not match)
 

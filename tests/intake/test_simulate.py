@@ -20,6 +20,7 @@ state_dir = "{d}/state"
 log_dir = "{d}/log"
 active_response_dir = "{d}/ar"
 white_list = ["198.51.100.10"]
+agent_id = "{agent}"  # the host the sample alerts come from (location local runs only there)
 
 [[command]]
 name = "block"
@@ -52,14 +53,14 @@ def config(tmp_path: Path) -> Path:
     return write_config(tmp_path, rate=100)
 
 
-def write_config(tmp_path: Path, rate: int) -> Path:
+def write_config(tmp_path: Path, rate: int, agent: str = "001") -> Path:
     ar = tmp_path / "ar"
     ar.mkdir(exist_ok=True)
     for name in ("block", "deny-user"):
         (ar / name).write_text("#!/bin/sh\nexit 0\n")
         (ar / name).chmod(0o755)
     path = tmp_path / "sim.toml"
-    path.write_text(CONFIG.format(d=tmp_path, rate=rate))
+    path.write_text(CONFIG.format(d=tmp_path, rate=rate, agent=agent))
     return path
 
 
@@ -109,7 +110,7 @@ def test_json_output_and_verdicts(config: Path) -> None:
 
 
 def test_rate_limit_is_replayed_on_alert_time(tmp_path: Path) -> None:
-    config = write_config(tmp_path, rate=1)
+    config = write_config(tmp_path, rate=1, agent="000")  # plain JSON alerts carry no agent
     lines = [json.dumps({"rule_id": 5712, "level": 10, "srcip": f"198.51.100.{n}",
                          "timestamp": f"2026-11-22T08:00:{n:02d}.000+0000"}) for n in (20, 21, 22)]
     lines.append(json.dumps({"rule_id": 5712, "level": 10, "srcip": "198.51.100.23",
@@ -141,3 +142,14 @@ def test_helpers() -> None:
 
     assert alert_time(Alert(1, 1, timestamp="2026-11-22T08:00:10.000+0000"), 0) == 1795334410.0
     assert alert_time(Alert(1, 1, timestamp="garbage"), 42.0) == 42.0
+
+
+def test_alert_from_another_agent_is_not_run_here(tmp_path: Path) -> None:
+    """serve and simulate agree: location local means the alert's agent, not this host."""
+    path = write_config(tmp_path, rate=100, agent="000")
+    code, out, _ = run("-c", str(path), str(EXAMPLES / "wazuh-ssh-bruteforce.json"))
+    assert code == 0
+    block = [ln for ln in out.splitlines() if " block " in ln]
+    assert len(block) == 2
+    assert all("not here" in ln and 'global.agent_id = "001"' in ln for ln in block)
+
