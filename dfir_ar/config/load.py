@@ -238,7 +238,16 @@ def _cross_check(
                 )
         fixed_ars.append(ar)
     if registry is not None:
-        for kind, tables in (("responders", config.responders), ("collectors", config.collectors)):
+        # Validate the settings of every plug-in a command uses, with an empty table when the
+        # config has none: a collector that needs settings (yara's rules) fails here, not at
+        # alert time.
+        used = {c.executable for c in config.command}
+        for kind, given in (("responders", config.responders), ("collectors", config.collectors)):
+            tables = dict(given)
+            for plugin in sorted(used):
+                info = registry.get(plugin)
+                if info is not None and info.kind == kind[:-1] and info.available:
+                    tables.setdefault(plugin, {})
             for plugin, table in tables.items():
                 info = registry.get(plugin)
                 if info is None or info.kind != kind[:-1]:
@@ -259,5 +268,7 @@ def _cross_check(
                         msg = err["msg"].removeprefix("Value error, ")
                         if err["type"] == "extra_forbidden":
                             msg = f"unknown key{suggest(key, list(model.model_fields))}"
+                        if plugin not in given:
+                            msg += f" (add a [{kind}.{plugin}] table to the config)"
                         errors.append(f"{name}, [{kind}.{plugin}], {key}: {msg}")
     return config.model_copy(update={"active_response": tuple(fixed_ars)})

@@ -172,9 +172,16 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_wazuh_agent_conf_using_dfir_ar_links_imports_to_plugins() -> None:
-    cfg = load_config(EXAMPLES / "wazuh" / "ossec.conf").config
+    # The manager-side ossec.conf has no [collectors.yara] rules (they live on the agents).
+    cfg = load_config(EXAMPLES / "wazuh" / "ossec.conf", check_plugins=False).config
     execs = {c.name: c.executable for c in cfg.command}
     assert execs["dfir-firewall-drop"] == "firewall-drop"
     yara = cfg.command_named("dfir-yara")
     assert yara is not None and yara.executable == "yara"
     assert "--plugin" not in yara.extra_args
+
+
+def test_collector_settings_checked_even_without_their_table(tmp_path: Path) -> None:
+    text = '[global]\nstate_dir = "{tmp}/s"\n\n[[command]]\nname = "scan"\nexecutable = "yara"\n'
+    msg = error_of(write(tmp_path, text))
+    assert "[collectors.yara], rules" in msg and "add a [collectors.yara] table" in msg
