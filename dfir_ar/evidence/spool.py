@@ -425,10 +425,9 @@ class Uploader:
 
         def report(n: int) -> None:
             nonlocal done
-            with lock:
+            with lock:  # part workers report concurrently; the sink sees one ordered count
                 done += n
-                current = done
-            sink(bundle_id, current, total)
+                sink(bundle_id, done, total)
 
         return report
 
