@@ -158,13 +158,22 @@ class Service:
             return "unavailable"
         try:
             uploader = Uploader(self.config)
-            uploader.check_store()
         except Exception as exc:  # noqa: BLE001 - containment goes on without the store
-            log.error("evidence store %s is not usable: %s; bundles stay in the spool until "
-                      "it is fixed and serve restarted", self.config.evidence.store, exc)
+            log.error("evidence store %s cannot be set up: %s; bundles stay in the spool until "
+                      "the config is fixed and serve restarted", self.config.evidence.store, exc)
             return "failed"
+        state = f"on ({self.config.evidence.store})"
+        try:
+            uploader.check_store()
+        except Exception as exc:  # noqa: BLE001 - reported now; the uploader retries with back-off
+            # Bad credentials or a missing bucket are reported before the first collection; a
+            # store that is merely down comes back, and the uploader's back-off picks it up.
+            log.error("evidence store %s failed its start-up write test: %s; bundles stay in "
+                      "the spool and uploads are retried with back-off", self.config.evidence.store,
+                      exc)
+            state = f"retrying ({self.config.evidence.store}: start-up test failed)"
         self._spawn("dfir-ar-uploader", uploader.run, self.stop_event)
-        return f"on ({self.config.evidence.store})"
+        return state
 
     def _run_source(self, source: AlertSource) -> None:
         try:
