@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 import click
@@ -25,10 +26,16 @@ def _settings(model: type[BaseModel]) -> list[dict[str, Any]]:
     out = []
     for name, field in model.model_fields.items():
         default = None if field.is_required() else field.get_default(call_default_factory=True)
+        if isinstance(default, Path):
+            default = str(default)
+        elif isinstance(default, tuple) and all(isinstance(d, Path) for d in default):
+            default = [str(d) for d in default]
+        type_name = str(field.annotation).replace("typing.", "").replace("pathlib.", "")
         out.append(
             {
                 "name": name,
-                "type": getattr(field.annotation, "__name__", str(field.annotation)),
+                "type": getattr(field.annotation, "__name__", type_name) if not
+                str(field.annotation).startswith("typing.") else type_name,
                 "default": default,
                 "help": field.description or "",
             }
