@@ -20,12 +20,15 @@ def test_example_ossec_conf_parses_and_names_link_executables() -> None:
     by_name = {c.name: c for c in config.command}
     assert by_name["dfir-firewall-drop"].timeout_allowed
     assert by_name["dfir-pcap"].extra_args == ("--duration", "300")
-    assert by_name["dfir-yara"].extra_args[:2] == ("--plugin", "yara")
+    # Read by dfir-ar itself, the dfir-ar-<plugin> links (and dfir-ar-wazuh-ar --plugin NAME)
+    # name the plug-ins they run.
+    assert by_name["dfir-yara"].executable == "yara"
+    assert by_name["dfir-yara"].extra_args[:2] == ("--memory", "srcip")
     for cmd in config.command:
-        assert cmd.executable.startswith("dfir-ar-")
-        if cmd.executable != "dfir-ar-wazuh-ar":
-            assert plugin_from_name(cmd.executable) is not None, cmd.executable
+        assert plugin_from_name(f"dfir-ar-{cmd.executable}") is not None, cmd.executable
     assert {ar.command for ar in config.active_response} <= set(by_name)
+    text = (EXAMPLES / "ossec.conf").read_text()
+    assert "<executable>dfir-ar-wazuh-ar</executable>" in text
 
 
 def test_example_agent_config_validates() -> None:
