@@ -95,8 +95,18 @@ class _AppendFile:
             os.close(self._fd)
 
 
+_stamp_cache: list[tuple[int, str]] = [(-1, "")]
+
+
 def wazuh_timestamp(now: float) -> str:
-    return time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(now))
+    # Cached per second: strftime(localtime()) was a visible share of each log line.
+    second = int(now)
+    cached = _stamp_cache[0]
+    if cached[0] == second:
+        return cached[1]
+    text = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(second))
+    _stamp_cache[0] = (second, text)
+    return text
 
 
 def ar_line(now: float, executable: str, message: str) -> str:
@@ -128,9 +138,20 @@ class ActiveResponseLog:
     def path(self) -> Path:
         return self._file.path
 
+    @staticmethod
+    def encode(now: float, executable: str, *messages: str) -> bytes:
+        """The lines ``write`` appends, for callers that gather a batch into one write."""
+        stamp = f"{wazuh_timestamp(now)} active-response/bin/{executable}: "
+        data = "".join([f"{stamp}{m}\n" for m in messages])
+        return data.encode("utf-8", "backslashreplace")
+
     def write(self, now: float, executable: str, *messages: str) -> None:
-        data = "".join(ar_line(now, executable, m) + "\n" for m in messages)
-        self._file.append(data.encode("utf-8", "backslashreplace"))
+        self._file.append(self.encode(now, executable, *messages))
+
+    def write_bytes(self, data: bytes) -> None:
+        """Append lines made by ``encode`` (one write(2): whole lines never interleave)."""
+        if data:
+            self._file.append(data)
 
     def close(self) -> None:
         self._file.close()
@@ -163,6 +184,11 @@ class AuditRecord:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+_AUDIT_FIELDS = tuple(AuditRecord.__dataclass_fields__)
+# One encoder, not json.dumps' per-call construction with these options.
+_AUDIT_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str, sort_keys=True)
+
+
 class AuditLog:
     def __init__(self, log_dir: Path) -> None:
         self._file = _AppendFile(log_dir / AUDIT_LOG)
@@ -171,11 +197,21 @@ class AuditLog:
     def path(self) -> Path:
         return self._file.path
 
-    def write(self, record: AuditRecord) -> None:
+    @staticmethod
+    def encode(record: AuditRecord) -> bytes:
+        """One record as its JSON line, for callers that gather a batch into one write."""
         # Not dataclasses.asdict: it deep-copies, and this runs once per execution.
-        fields = {name: getattr(record, name) for name in record.__dataclass_fields__}
-        line = json.dumps(fields, separators=(",", ":"), default=str, sort_keys=True)
-        self._file.append((line + "\n").encode("utf-8"))
+        fields = {name: getattr(record, name) for name in _AUDIT_FIELDS}
+        line = _AUDIT_ENCODER.encode(fields)
+        return (line + "\n").encode("utf-8")
+
+    def write(self, record: AuditRecord) -> None:
+        self._file.append(self.encode(record))
+
+    def write_bytes(self, data: bytes) -> None:
+        """Append records made by ``encode`` (one write(2))."""
+        if data:
+            self._file.append(data)
 
     def close(self) -> None:
         self._file.close()

@@ -37,7 +37,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -107,7 +107,75 @@ class Result:
         }
 
 
-Ticket = Future[Result]
+_TICKET_LOCK = threading.Lock()
+
+
+class Ticket:
+    """The outcome of one order, resolved when its execution ends (a Future's result side).
+
+    Not concurrent.futures.Future: that builds a Condition per instance and takes it on every
+    set_result, paid for every alert although almost nobody waits (bench/engine). Here a waiter
+    creates the Event it sleeps on; one module lock orders "done" against "someone waits".
+    """
+
+    __slots__ = ("_done", "_event", "_exc", "_result")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._result: Result | None = None
+        self._exc: BaseException | None = None
+        self._event: threading.Event | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Result) -> None:
+        with _TICKET_LOCK:
+            self._result, self._done, event = result, True, self._event
+        if event is not None:
+            event.set()
+
+    def set_exception(self, exc: BaseException) -> None:
+        with _TICKET_LOCK:
+            self._exc, self._done, event = exc, True, self._event
+        if event is not None:
+            event.set()
+
+    def _wait(self, timeout: float | None) -> None:
+        if self._done:
+            return
+        with _TICKET_LOCK:
+            if self._done:
+                return
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        if not event.wait(timeout):
+            raise TimeoutError(f"no result within {timeout}s")
+
+    def result(self, timeout: float | None = None) -> Result:
+        """The Result; raises what the execution raised, or TimeoutError after ``timeout``."""
+        self._wait(timeout)
+        if self._exc is not None:
+            raise self._exc
+        assert self._result is not None
+        return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return self._exc
+
+
+@dataclass
+class _Batch:
+    """What one pool task's executions leave behind, written out together (see _run_chunk)."""
+
+    started: float
+    ar: list[bytes] = field(default_factory=list)
+    audit: list[bytes] = field(default_factory=list)
+    applied: list[tuple[str, str, str, dict[str, Any], float]] = field(default_factory=list)
+    schedule: list[tuple[Ident, float]] = field(default_factory=list)
+    done: list[tuple[Ticket, Result | BaseException]] = field(default_factory=list)
 
 
 @dataclass
@@ -123,7 +191,7 @@ class _Plan:
     reason: str = ""
     retry: bool = False
     """An intent recovered from the ledger: the row exists already."""
-    ticket: Ticket = field(default_factory=Future)
+    ticket: Ticket = field(default_factory=Ticket)
 
 
 class Executor:
@@ -168,7 +236,12 @@ class Executor:
         self._stripes = [threading.Lock() for _ in range(64)]
         self._limiters: dict[str, RateLimiter] = {}
         self._active = ledger.count_entries()
-        self._committer = GroupCommitter(ledger)
+        self._committer = GroupCommitter(ledger, after_batch=self._dispatch_ready)
+        # Plans of the batch being committed; only the committer thread touches it.
+        self._ready: list[_Plan] = []
+        self._tls = threading.local()
+        # Moving average of each command's add duration: decides how a batch is spread.
+        self._add_cost: dict[str, float] = {}
         self._expiry: dict[Ident, float] = {}
         self._active_lock = threading.Lock()
         self._delete_failures: Counter[Ident] = Counter()
@@ -263,7 +336,7 @@ class Executor:
         ``wait`` only after the orders and the cursor are committed. Raises StateError when the
         ledger can no longer be written (the caller must stop, not skip the alert).
         """
-        tickets: list[Ticket] = [Future() for _ in orders]
+        tickets: list[Ticket] = [Ticket() for _ in orders]
         orders = list(orders)
 
         def record(tx: Tx) -> list[_Plan]:
@@ -278,12 +351,13 @@ class Executor:
             return plans
 
         def run(plans: list[_Plan]) -> None:
-            # Only after the commit: what runs is exactly what is recorded.
-            for plan in plans:
-                if plan.kind == "add":
-                    with self._active_lock:
-                        self._active += 1
-                self._dispatch(plan)
+            # Only after the commit: what runs is exactly what is recorded. The committer calls
+            # _dispatch_ready once the whole batch's callbacks ran.
+            adds = sum(1 for plan in plans if plan.kind == "add")
+            if adds:
+                with self._active_lock:
+                    self._active += adds
+            self._ready.extend(plans)
 
         if wait:
             self._committer.submit(record, run).result()
@@ -415,6 +489,128 @@ class Executor:
 
     # -- dispatch ------------------------------------------------------------------------
 
+    #: An add faster than this (moving average) is in-process work a thread cannot overlap
+    #: under the GIL: a batch of them runs as one pool task instead of one task per order.
+    FAST_ADD = 0.0005
+    #: Most executions one pool task runs for fast commands (bounds the wait for the last one).
+    FAST_CHUNK = 256
+    #: A pool task writes its log lines, audit records and applied marks at least this often.
+    FLUSH_EVERY = 0.005
+
+    def _dispatch_ready(self) -> None:
+        """Hand a committed batch to the pool: refusals at once, collections one task each,
+        adds/refreshes in chunks (one task per chunk; an identity always in the same chunk, so
+        a repeat runs after the add it repeats)."""
+        plans, self._ready = self._ready, []
+        work: list[_Plan] = []
+        slow = False
+        for plan in plans:
+            if plan.kind in ("add", "refresh"):
+                work.append(plan)
+                cmd = plan.command
+                assert cmd is not None
+                if self._add_cost.get(cmd.name, 1.0) >= self.FAST_ADD:
+                    slow = True
+            else:
+                self._dispatch(plan)
+        if not work:
+            return
+        workers = self.config.global_.workers
+        # Slow ones wait in subprocesses or the kernel: spread them over every worker.
+        per_task = 1 if slow else self.FAST_CHUNK
+        count = min(workers, -(-len(work) // per_task))
+        if count == 1:
+            self._submit_chunk(work)
+            return
+        chunks: list[list[_Plan]] = [[] for _ in range(count)]
+        placed: dict[Ident, int] = {}
+        turn = 0
+        for plan in work:
+            assert plan.command is not None and plan.key is not None
+            ident = (plan.command.name, plan.key)
+            index = placed.get(ident)
+            if index is None:
+                index = placed[ident] = turn % count
+                turn += 1
+            chunks[index].append(plan)
+        for chunk in chunks:
+            if chunk:
+                self._submit_chunk(chunk)
+
+    def _submit_chunk(self, plans: list[_Plan]) -> None:
+        try:
+            self._pool.submit(self._run_chunk, plans)
+        except RuntimeError:  # pool shut down: the ledger keeps them for the next start
+            for plan in plans:
+                plan.ticket.set_result(
+                    self._result(plan, plan.kind, "failed", error="executor is stopping")
+                )
+
+    def _run_chunk(self, plans: list[_Plan]) -> None:
+        """Run adds/refreshes one after another, gathering their log lines, audit records,
+        applied marks and timers into one write each (flushed every FLUSH_EVERY seconds)."""
+        batch = _Batch(started=time.monotonic())
+        self._tls.batch = batch
+        try:
+            for plan in plans:
+                try:
+                    result = (self._run_add if plan.kind == "add" else self._run_refresh)(plan)
+                except BaseException as exc:  # a bug must not leave a --wait hanging
+                    log.exception("%s %s: unexpected error", plan.kind, plan.order.command)
+                    batch.done.append((plan.ticket, exc))
+                    continue
+                batch.done.append((plan.ticket, result))
+                if time.monotonic() - batch.started >= self.FLUSH_EVERY:
+                    self._flush_batch(batch)
+                    batch = _Batch(started=time.monotonic())
+                    self._tls.batch = batch
+        finally:
+            self._tls.batch = None
+            self._flush_batch(batch)
+
+    def _flush_batch(self, batch: _Batch) -> None:
+        # Order matters: the audit record is written before the applied mark (a crash in
+        # between retries the idempotent add and records it again, flagged as retried).
+        try:
+            if batch.ar:
+                self.ar_log.write_bytes(b"".join(batch.ar))
+            if batch.audit:
+                self.audit.write_bytes(b"".join(batch.audit))
+        except OSError as exc:
+            log.error("cannot write the active-response/audit log: %s", exc)
+        if batch.applied:
+            rows = batch.applied
+            try:
+                # Not waited for: concurrent executions share one commit. A crash before it
+                # lands leaves intents, which the next start retries.
+                self._committer.post(lambda tx: tx.mark_applied_many(rows))
+            except StateError as exc:
+                log.error("%d applied mark(s) not recorded (retried at the next start): %s",
+                          len(rows), exc)
+        if batch.schedule:
+            with self._cond:
+                before = self._table.next_deadline()
+                for ident, deadline in batch.schedule:
+                    self._table.schedule(ident, deadline)
+                if before is None or min(d for _, d in batch.schedule) < before:
+                    self._cond.notify_all()
+        for ticket, outcome in batch.done:
+            if isinstance(outcome, BaseException):
+                ticket.set_exception(outcome)
+            else:
+                ticket.set_result(outcome)
+
+    def _batch(self) -> _Batch | None:
+        batch: _Batch | None = getattr(self._tls, "batch", None)
+        return batch
+
+    def _write_ar(self, now: float, executable: str, *messages: str) -> None:
+        batch = self._batch()
+        if batch is None:
+            self.ar_log.write(now, executable, *messages)
+        else:
+            batch.ar.append(self.ar_log.encode(now, executable, *messages))
+
     def _dispatch(self, plan: _Plan) -> Ticket:
         if plan.kind == "refused":
             plan.ticket.set_result(self._record_refusal(plan))
@@ -483,15 +679,14 @@ class Executor:
         msg = wazuh_message(
             action, cmd.executable, self._alert_dict(request), request.extra_args, self._node
         )
-        self.ar_log.write(
+        self._write_ar(
             self.clock.now(), cmd.executable, "Starting", json.dumps(msg, separators=(",", ":"))
         )
 
     def _audit(self, plan: _Plan, result: Result, exit_status: int | None = None) -> None:
         target = plan.order.target
         alert = plan.order.alert
-        self.audit.write(
-            AuditRecord(
+        record = AuditRecord(
                 time=self.clock.now(),
                 order_id=result.order_id,
                 command=result.command,
@@ -511,7 +706,11 @@ class Executor:
                 offences=result.offences or None,
                 details=dict(result.details),
             )
-        )
+        batch = self._batch()
+        if batch is None:
+            self.audit.write(record)
+        else:
+            batch.audit.append(self.audit.encode(record))
 
     def _run_add(self, plan: _Plan) -> Result:
         cmd, request, key = plan.command, plan.request, plan.key
@@ -535,14 +734,18 @@ class Executor:
                 outcome = "timeout" if isinstance(exc, DeadlineExceeded) else "failed"
                 self.counters[f"add_{outcome}"] += 1
                 log.error("%s add %s failed: %s", cmd.name, key, exc)
-                self.ar_log.write(self.clock.now(), cmd.executable, f"Error: {exc}", "Aborted")
+                self._write_ar(self.clock.now(), cmd.executable, f"Error: {exc}", "Aborted")
                 result = self._result(plan, "add", outcome, error=str(exc), duration=duration)
                 self._audit(plan, result)
                 return result
             duration = time.monotonic() - start
+            previous = self._add_cost.get(cmd.name)
+            self._add_cost[cmd.name] = (
+                duration if previous is None else previous * 0.9 + duration * 0.1
+            )
             # A repeat may have refreshed the timer while this add ran (in-memory, see _expiry).
             expires_at = self._expiry.get(ident, plan.expires_at)
-            self.ar_log.write(self.clock.now(), cmd.executable, "Ended")
+            self._write_ar(self.clock.now(), cmd.executable, "Ended")
             self.counters["add_ok"] += 1
             result = self._result(
                 plan, "add", "ok", duration=duration,
@@ -554,6 +757,12 @@ class Executor:
             self._audit(plan, result)
             applied_at = self.clock.now()
             order_id = plan.order.id
+            batch = self._batch()
+            if batch is not None:
+                batch.applied.append((cmd.name, key, order_id, state, applied_at))
+                if expires_at is not None:
+                    batch.schedule.append((ident, expires_at))
+                return result
             # Through the group committer, not waited for: concurrent executions share one
             # commit. A crash before it lands leaves an intent, which the next start retries.
             self._committer.post(
@@ -582,7 +791,7 @@ class Executor:
                     tx.refresh(cmd.name, entry.key, expires_at=expires,
                                offences=entry.offences + 1, now=now)
                 self._schedule((cmd.name, entry.key), expires)
-        self.ar_log.write(now, cmd.executable, "Aborted")
+        self._write_ar(now, cmd.executable, "Aborted")
         self.counters["already_active"] += 1
         result = self._result(plan, "add", "already-active", duration=duration,
                               details={"keys": [str(k) for k in keys]})
@@ -605,7 +814,7 @@ class Executor:
             # What Wazuh logs for a repeat: the add starts, check_keys finds the key active, the
             # script is told to abort (and execd refreshes the timer).
             self._log_start(cmd, "add", request)
-            self.ar_log.write(self.clock.now(), cmd.executable, "Aborted")
+            self._write_ar(self.clock.now(), cmd.executable, "Aborted")
             error: str | None = None
             try:
                 with procs.deadline_scope(start + self._deadline(cmd)):
@@ -673,7 +882,7 @@ class Executor:
         except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
             self.ledger.remove_job(plan.order.id)
             log.error("%s collect for order %s failed: %s", cmd.name, plan.order.id, exc)
-            self.ar_log.write(self.clock.now(), cmd.executable, f"Error: {exc}", "Aborted")
+            self._write_ar(self.clock.now(), cmd.executable, f"Error: {exc}", "Aborted")
             self.counters["collect_failed"] += 1
             result = self._result(plan, "collect", "failed", error=str(exc),
                                   duration=time.monotonic() - start)
@@ -682,7 +891,7 @@ class Executor:
         finally:
             self._cancels.discard(cancel)
         self.ledger.remove_job(plan.order.id)
-        self.ar_log.write(self.clock.now(), cmd.executable, "Ended")
+        self._write_ar(self.clock.now(), cmd.executable, "Ended")
         status = str(bundle.status)
         self.counters[f"collect_{status}"] += 1
         result = self._result(
@@ -735,7 +944,7 @@ class Executor:
             self._cond.notify_all()
 
     def _submit_delete(self, ident: Ident, reason: str) -> Ticket:
-        fut: Ticket = Future()
+        fut = Ticket()
 
         def task() -> None:
             try:
@@ -783,7 +992,7 @@ class Executor:
                 )
                 with_cmd = self.config.command_named(command)
                 if with_cmd is not None:
-                    self.ar_log.write(self.clock.now(), with_cmd.executable, f"Error: {exc}",
+                    self._write_ar(self.clock.now(), with_cmd.executable, f"Error: {exc}",
                                       "Aborted")
                 if not isinstance(exc, StateError):
                     self._schedule(ident, now + retry)
@@ -793,7 +1002,7 @@ class Executor:
                 return result
             duration = time.monotonic() - start
             self._delete_failures.pop(ident, None)
-            self.ar_log.write(self.clock.now(), cmd.executable, "Ended")
+            self._write_ar(self.clock.now(), cmd.executable, "Ended")
             self.counters["delete_ok"] += 1
             late = max(0.0, now - entry.expires_at) if entry.expires_at is not None else 0.0
             result = self._result(plan, "delete", "ok", duration=duration,

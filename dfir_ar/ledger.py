@@ -17,11 +17,11 @@ connection. Rows read back are re-validated before use: the file is state, not t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -280,10 +280,28 @@ class Tx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
         self._cursors: dict[str, tuple[str, float]] = {}
+        # New intents of this transaction, written in ONE statement when it ends (or before any
+        # other statement): every sqlite3 statement step releases and re-takes the GIL, which
+        # behind a busy source thread costs far more than the insert (bench/engine).
+        self._intents: dict[tuple[str, str], list[Any]] = {}
+
+    def _flush_intents(self) -> None:
+        if self._intents:
+            rows = list(self._intents.values())
+            self._intents = {}
+            self._c.execute(
+                "INSERT INTO entries (command, key, order_id, agent_id, request, state, status, "
+                "created_at, applied_at, expires_at, offences, last_offence) "
+                "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, NULL, "
+                "value ->> 6, value ->> 7, NULL, value ->> 9, value ->> 10, value ->> 11 "
+                "FROM json_each(?)",
+                (json.dumps(rows, separators=(",", ":")),),
+            )
 
     def mark_applied(
         self, command: str, key: str, order_id: str, state: State, applied_at: float
     ) -> None:
+        self._flush_intents()
         self._c.execute(
             "UPDATE entries SET status = ?, state = ?, applied_at = ? "
             "WHERE command = ? AND key = ? AND order_id = ?",
@@ -291,9 +309,31 @@ class Tx:
              command, key, order_id),
         )
 
+    def mark_applied_many(self, rows: list[tuple[str, str, str, State, float]]) -> None:
+        """``mark_applied`` for many (command, key, order_id, state, applied_at): one statement
+        (one GIL release, see _flush_intents)."""
+        self._flush_intents()
+        payload = [
+            [command, key, order_id, json.dumps(state, separators=(",", ":"), default=str),
+             applied_at]
+            for command, key, order_id, state, applied_at in rows
+        ]
+        self._c.execute(
+            "UPDATE entries SET status = ?, state = u.state, applied_at = u.applied_at "
+            "FROM (SELECT value ->> 0 AS command, value ->> 1 AS key, value ->> 2 AS order_id, "
+            "value ->> 3 AS state, value ->> 4 AS applied_at FROM json_each(?)) AS u "
+            "WHERE entries.command = u.command AND entries.key = u.key "
+            "AND entries.order_id = u.order_id",
+            (APPLIED, json.dumps(payload, separators=(",", ":"))),
+        )
+
     def lookup(self, command: str, key: str) -> tuple[Entry | None, int, float | None]:
         """The entry for (command, key) and its stored offender counter, in one query (the hot
         path: every statement is a GIL release and re-acquire)."""
+        pending = self._intents.get((command, key))
+        if pending is not None:
+            queued = _entry(tuple(pending))
+            return queued, queued.offences, queued.last_offence
         row = self._c.execute(
             "SELECT e.command, e.key, e.order_id, e.agent_id, e.request, e.state, e.status, "
             "e.created_at, e.applied_at, e.expires_at, e.offences, e.last_offence, "
@@ -335,17 +375,21 @@ class Tx:
         expires_at: float | None,
         offences: int,
     ) -> None:
-        self._c.execute(
-            "INSERT INTO entries (command, key, order_id, agent_id, request, state, status, "
-            "created_at, applied_at, expires_at, offences, last_offence) "
-            "VALUES (?, ?, ?, ?, ?, NULL, ?, ?, NULL, ?, ?, ?)",
-            (command, key, order_id, agent_id, encode_request(request), INTENT, now, expires_at,
-             offences, now),
-        )
+        if (command, key) in self._intents:
+            raise StateError(f"ledger: {command}/{key} has an intent in this transaction already")
+        # Written by _flush_intents; the list is in the entries column order.
+        self._intents[(command, key)] = [
+            command, key, order_id, agent_id, encode_request(request), None, INTENT, now, None,
+            expires_at, offences, now,
+        ]
 
     def refresh(
         self, command: str, key: str, *, expires_at: float | None, offences: int, now: float
     ) -> None:
+        pending = self._intents.get((command, key))
+        if pending is not None:
+            pending[9], pending[10], pending[11] = expires_at, offences, now
+            return
         self._c.execute(
             "UPDATE entries SET expires_at = ?, offences = ?, last_offence = ? "
             "WHERE command = ? AND key = ?",
@@ -478,6 +522,7 @@ class Ledger(_Reader):
             tx = Tx(self._conn)
             try:
                 yield tx
+                tx._flush_intents()
                 tx._flush_cursors()
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -554,19 +599,37 @@ class GroupCommitter:
     this thread); under load many alerts' intents and cursors commit together, each alert still
     atomically with its cursor. ``after`` callbacks run in order once their transaction is
     durable, which is where the executor starts the actions: nothing runs that is not recorded.
+    ``after_batch`` runs once after every batch's callbacks, so they can hand the batch's work on
+    as a whole (one pool task for many alerts instead of one each).
 
     Work items report expected refusals as values, not exceptions. If one raises anyway, or a
     commit fails (disk full, I/O error), the whole batch is rolled back and every later write
     fails too, in order: committing a later cursor would skip the alerts of the failed batch. The
     service stops and a restart re-reads from the last committed cursor.
+
+    The queue is a deque, not queue.Queue: a Queue.put takes a Condition and notifies on every
+    item, which made the source thread and eight workers contend for its lock (bench/engine,
+    the largest single cost after the pool handoffs). Here a put is an append, and the writer
+    is only signalled when it sleeps.
     """
 
     MAX_BATCH = 512
 
-    def __init__(self, ledger: Ledger, *, max_queue: int = 10_000) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        max_queue: int = 10_000,
+        after_batch: Callable[[], None] | None = None,
+    ) -> None:
         self._ledger = ledger
         # Bounded: a source faster than the disk is slowed down instead of growing memory.
-        self._q: queue.Queue[_Work | None] = queue.Queue(max_queue)
+        self._max_queue = max_queue
+        self._items: collections.deque[_Work | None] = collections.deque()
+        self._cv = threading.Condition(threading.Lock())
+        self._sleeping = False
+        self._space = threading.Condition(threading.Lock())
+        self._after_batch = after_batch
         self.failure: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="dfir-ar-ledger", daemon=True)
@@ -589,7 +652,20 @@ class GroupCommitter:
             raise StateError(f"ledger writes stopped after an error: {self.failure}")
         if self._closed:
             raise StateError("the ledger writer is closed")
-        self._q.put(item)
+        self._enqueue(item)
+
+    def _enqueue(self, item: _Work | None) -> None:
+        items = self._items
+        if len(items) >= self._max_queue and threading.current_thread() is not self._thread:
+            with self._space:
+                while len(items) >= self._max_queue and self.failure is None:
+                    self._space.wait(0.1)
+        items.append(item)  # deque.append is atomic
+        # The writer sets _sleeping under _cv and re-checks the deque before it waits, so either
+        # it sees this item or we see it sleeping (and it is already waiting when we notify).
+        if self._sleeping:
+            with self._cv:
+                self._cv.notify()
 
     def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -598,26 +674,38 @@ class GroupCommitter:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._q.put(None)
+            self._enqueue(None)
             self._thread.join()
+
+    def _take(self) -> tuple[list[_Work], bool]:
+        """The next batch (waits for one); True when the close marker was reached."""
+        items = self._items
+        if not items:
+            with self._cv:
+                self._sleeping = True
+                try:
+                    while not items:
+                        self._cv.wait()
+                finally:
+                    self._sleeping = False
+        batch: list[_Work] = []
+        last = False
+        while items and len(batch) < self.MAX_BATCH:
+            nxt = items.popleft()
+            if nxt is None:
+                last = True
+                break
+            batch.append(nxt)
+        if len(items) < self._max_queue:
+            with self._space:
+                self._space.notify_all()
+        return batch, last
 
     def _run(self) -> None:
         while True:
-            item = self._q.get()
-            if item is None:
-                return
-            batch = [item]
-            last = False
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    last = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)
+            batch, last = self._take()
+            if batch:
+                self._commit(batch)
             if last:
                 return
 
@@ -638,7 +726,10 @@ class GroupCommitter:
             for _, _, fut in batch:
                 if fut is not None:
                     fut.set_exception(exc)
+            with self._space:
+                self._space.notify_all()
             return
+        failed: list[tuple[Future[Any], Exception]] = []
         for fut, after, value in done:
             if after is not None:
                 try:
@@ -646,9 +737,19 @@ class GroupCommitter:
                 except Exception as cb_exc:  # one bad callback must not stop the others
                     log.exception("after-commit step failed")
                     if fut is not None:
-                        fut.set_exception(cb_exc)
+                        failed.append((fut, cb_exc))
                     continue
-            if fut is not None:
+        if self._after_batch is not None:
+            try:
+                self._after_batch()
+            except Exception:  # logged; the rows are committed, a restart reconciles them
+                log.exception("after-commit batch step failed")
+        # Futures resolve after the batch step, so a waiter sees its work handed on.
+        bad = {id(f) for f, _ in failed}
+        for fut, error in failed:
+            fut.set_exception(error)
+        for fut, _, value in done:
+            if fut is not None and id(fut) not in bad:
                 fut.set_result(value)
 
 
