@@ -36,10 +36,10 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from dfir_ar import procs
 from dfir_ar.arlog import ActiveResponseLog, AuditLog, AuditRecord, wazuh_message
@@ -249,6 +249,9 @@ class Executor:
         self._stopping = threading.Event()
         self.counters: Counter[str] = Counter()
         self._node = g.agent_name or _hostname()
+        # The first purge check one interval after start (reconcile has just checked).
+        self._next_repair = time.monotonic() + g.repair_interval
+        self._repairing = threading.Lock()
 
     # -- plug-in resolution --------------------------------------------------------------
 
@@ -934,8 +937,12 @@ class Executor:
         """The only loop that sleeps: wake on the next deadline, not on a fixed tick."""
         while not stop.is_set() and not self._stopping.is_set():
             self.expire_due()
+            self.repair_due(time.monotonic())
             with self._cond:
-                wait = wait_seconds(self.clock.now(), self._table.next_deadline(), TICK_CEILING)
+                ceiling = TICK_CEILING
+                if self.config.global_.repair_interval > 0:
+                    ceiling = min(ceiling, max(0.05, self._next_repair - time.monotonic()))
+                wait = wait_seconds(self.clock.now(), self._table.next_deadline(), ceiling)
                 if wait > 0 and not stop.is_set():
                     self._cond.wait(wait)
 
@@ -1108,7 +1115,20 @@ class Executor:
             )
             if entry.expires_at is not None:
                 self._schedule(entry.ident, entry.expires_at)
-        for name, entries in live.items():
+        # Commands with nothing live are reconciled too (with an empty list), so blocks a crash
+        # left behind are removed even when the ledger holds none (iptables and route-null
+        # have no kernel expiry). Only built-in plug-ins that can list what is in place, and
+        # only when no command with the same executable was reconciled with live entries: a
+        # route-null command's empty reconcile would remove another route-null command's routes.
+        # (host-deny and disable-account only re-add what is missing: an empty list is a no-op.)
+        live_executables = {self.command(name).executable for name in live}
+        order = list(live.items())
+        for cmd in self.config.command:
+            if cmd.name in live or cmd.executable in live_executables:
+                continue
+            if self._lists_what_is_in_place(cmd):
+                order.append((cmd.name, []))
+        for name, entries in order:
             try:
                 report = self.responder(self.command(name)).reconcile(entries)
             except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
@@ -1128,6 +1148,82 @@ class Executor:
         if summary:
             log.info("reconcile: %s", ", ".join(f"{k}={v}" for k, v in sorted(summary.items())))
         return dict(summary)
+
+    def _lists_what_is_in_place(self, cmd: CommandConfig) -> bool:
+        """A built-in (not external-script) responder that can say what it has in place."""
+        if cmd.executable not in self._plugins and (
+            cmd.executable not in self.registry.responders or self.is_collector(cmd)
+        ):
+            return False
+        try:
+            responder = self.responder(cmd)
+        except Exception as exc:  # noqa: BLE001 - e.g. its tool is missing; said at first use
+            log.debug("%s: not reconciled: %s", cmd.name, exc)
+            return False
+        cls = type(responder)
+        return cls.active is not Responder.active or cls.reconcile is not Responder.reconcile
+
+    # -- repair of purged containment ------------------------------------------------------
+
+    def repair_due(self, now: float) -> None:
+        """Every ``global.repair_interval`` seconds (monotonic ``now``), ask each responder
+        with a ``check_and_repair`` whether its kernel state is still there (a config run's
+        ``nft flush ruleset``), on the undo pool so timers are not held up."""
+        interval = self.config.global_.repair_interval
+        if interval <= 0 or now < self._next_repair:
+            return
+        self._next_repair = now + interval
+        if self._repairing.locked():
+            return  # the previous check is still running
+        with contextlib.suppress(RuntimeError):  # the pool is shut down: stopping
+            self._undo_pool.submit(self._repair_once)
+
+    def _repair_once(self) -> dict[str, bool]:
+        """One check of every repairable command; returns {command: repaired}."""
+        out: dict[str, bool] = {}
+        with self._repairing:
+            seen: set[int] = set()
+            for cmd in self.config.command:
+                if cmd.executable not in self._plugins and (
+                    cmd.executable not in self.registry.responders
+                ):
+                    continue
+                try:
+                    responder = self.responder(cmd)
+                except Exception:  # noqa: BLE001, S112 - unusable plug-in: reported at first use
+                    continue
+                check = getattr(responder, "check_and_repair", None)
+                if check is None or id(responder) in seen:
+                    continue
+                seen.add(id(responder))
+                try:
+                    repaired = bool(check(_LiveEntries(self, cmd.name)))
+                except Exception as exc:  # noqa: BLE001 - retried at the next interval
+                    log.error("%s: check of what is in place failed: %s", cmd.name, exc)
+                    continue
+                out[cmd.name] = repaired
+                if repaired:
+                    self.counters["repaired"] += 1
+                    log.warning("%s: containment was removed by someone else; restored it",
+                                cmd.name)
+        return out
+
+    def _live_entries(self, command: str) -> list[LiveEntry]:
+        now = self.clock.now()
+        out: list[LiveEntry] = []
+        for entry in self.ledger.entries():
+            if entry.command != command or entry.status != APPLIED:
+                continue
+            if entry.expires_at is not None and entry.expires_at <= now:
+                continue
+            try:
+                request = entry.request()
+            except StateError:
+                continue
+            remaining = entry.remaining(now)
+            out.append(LiveEntry(request=replace(request, timeout=remaining),
+                                 state=entry.state or {}, remaining=remaining))
+        return out
 
     def _rerun_job(self, order_id: str, command: str, request_json: str) -> None:
         from dfir_ar.ledger import decode_request
@@ -1162,6 +1258,33 @@ class Executor:
         for pool in (self._pool, self._collect_pool, self._undo_pool):
             pool.shutdown(wait=wait, cancel_futures=False)
         self._committer.close()
+
+
+class _LiveEntries(Sequence[LiveEntry]):
+    """A command's live entries, read from the ledger only when first used: check_and_repair
+    looks at them only when it has to repair, so the periodic check stays one cheap probe."""
+
+    def __init__(self, executor: Executor, command: str) -> None:
+        self._executor, self._command = executor, command
+        self._items: list[LiveEntry] | None = None
+
+    def _load(self) -> list[LiveEntry]:
+        if self._items is None:
+            self._items = self._executor._live_entries(self._command)
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    @overload
+    def __getitem__(self, index: int) -> LiveEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[LiveEntry]: ...
+    def __getitem__(self, index: int | slice) -> LiveEntry | Sequence[LiveEntry]:
+        return self._load()[index]
+
+    def __iter__(self) -> Iterator[LiveEntry]:
+        return iter(self._load())
 
 
 def _hostname() -> str:

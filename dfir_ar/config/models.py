@@ -74,6 +74,9 @@ class GlobalConfig(Strict):
     """Defaults to ``<state_dir>/control.sock``."""
     execution_deadline: float = Field(default=60.0, gt=0)
     """Seconds an add/delete may take before its process group is killed."""
+    repair_interval: float = Field(default=10.0, ge=0)
+    """Seconds between checks that containment someone else purged (e.g. ``nft flush ruleset``)
+    is intact, repaired when not; 0 turns the check off."""
 
     @field_validator("white_list")
     @classmethod
