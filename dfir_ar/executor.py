@@ -365,8 +365,27 @@ class Executor:
         if wait:
             self._committer.submit(record, run).result()
         else:
-            self._committer.post(record, run)
+            self._committer.post(record, run, prefetch=self._lookups(orders))
         return tickets
+
+    def _lookups(self, orders: Sequence[Order]) -> list[tuple[str, str]] | None:
+        """The (command, key) pairs recording ``orders`` will look up, worked out here (in the
+        caller's thread) so the writer reads a whole batch's in one statement. Best effort: an
+        order that fails here is looked up (or refused) the ordinary way."""
+        pairs: list[tuple[str, str]] = []
+        for order in orders:
+            try:
+                cmd = self.command(order.command)
+                if self.is_collector(cmd):
+                    continue
+                responder = self.responder(cmd)
+                timeout = order.timeout if responder.supports_timeout else None
+                if timeout is not None and timeout <= 0:
+                    timeout = None
+                pairs.append((cmd.name, responder.key(self._request(order, cmd, timeout))))
+            except Exception:  # noqa: BLE001, S112 - _prepare reports it properly
+                continue
+        return pairs or None
 
     def flush(self) -> None:
         """Wait until every accepted order is committed (and its execution started)."""

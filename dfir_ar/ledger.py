@@ -284,6 +284,35 @@ class Tx:
         # other statement): every sqlite3 statement step releases and re-takes the GIL, which
         # behind a busy source thread costs far more than the insert (bench/engine).
         self._intents: dict[tuple[str, str], list[Any]] = {}
+        # lookup() answers read ahead by prefetch(); a write to a row drops its answer.
+        self._known: dict[tuple[str, str], tuple[Entry | None, int, float | None]] = {}
+
+    def prefetch(self, pairs: list[tuple[str, str]]) -> None:
+        """Read the entries and offender counters of many (command, key) in one statement, so
+        the lookups of a batch cost no statement each. Only hits come back as rows (a row is a
+        statement step, and a step releases the GIL); the others are known misses."""
+        wanted = [p for p in dict.fromkeys(pairs) if p not in self._known and p not in self._intents]
+        if not wanted:
+            return
+        rows = self._c.execute(
+            "WITH q(c, k) AS (SELECT value ->> 0, value ->> 1 FROM json_each(?)) "
+            "SELECT q.c, q.k, e.command, e.key, e.order_id, e.agent_id, e.request, e.state, "
+            "e.status, e.created_at, e.applied_at, e.expires_at, e.offences, e.last_offence, "
+            "o.count, o.last_offence FROM q "
+            "LEFT JOIN entries AS e ON e.command = q.c AND e.key = q.k "
+            "LEFT JOIN offenders AS o ON o.command = q.c AND o.key = q.k "
+            "WHERE e.command IS NOT NULL OR o.command IS NOT NULL",
+            (json.dumps(wanted, separators=(",", ":")),),
+        ).fetchall()
+        known = self._known
+        for pair in wanted:
+            known[pair] = (None, 0, None)
+        for row in rows:
+            known[(row[0], row[1])] = (
+                None if row[2] is None else _entry(row[2:14]),
+                0 if row[14] is None else int(row[14]),
+                None if row[15] is None else float(row[15]),
+            )
 
     def _flush_intents(self) -> None:
         if self._intents:
@@ -302,6 +331,7 @@ class Tx:
         self, command: str, key: str, order_id: str, state: State, applied_at: float
     ) -> None:
         self._flush_intents()
+        self._known.pop((command, key), None)
         self._c.execute(
             "UPDATE entries SET status = ?, state = ?, applied_at = ? "
             "WHERE command = ? AND key = ? AND order_id = ?",
@@ -313,6 +343,8 @@ class Tx:
         """``mark_applied`` for many (command, key, order_id, state, applied_at): one statement
         (one GIL release, see _flush_intents)."""
         self._flush_intents()
+        for row in rows:
+            self._known.pop((row[0], row[1]), None)
         payload = [
             [command, key, order_id, json.dumps(state, separators=(",", ":"), default=str),
              applied_at]
@@ -334,6 +366,9 @@ class Tx:
         if pending is not None:
             queued = _entry(tuple(pending))
             return queued, queued.offences, queued.last_offence
+        known = self._known.get((command, key))
+        if known is not None:
+            return known
         row = self._c.execute(
             "SELECT e.command, e.key, e.order_id, e.agent_id, e.request, e.state, e.status, "
             "e.created_at, e.applied_at, e.expires_at, e.offences, e.last_offence, "
@@ -356,6 +391,7 @@ class Tx:
         return (0, None) if row is None else (int(row[0]), float(row[1]))
 
     def set_offender(self, command: str, key: str, count: int, now: float) -> None:
+        self._known.pop((command, key), None)
         self._c.execute(
             "INSERT INTO offenders (command, key, count, last_offence) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (command, key) DO UPDATE SET count = excluded.count, "
@@ -390,6 +426,7 @@ class Tx:
         if pending is not None:
             pending[9], pending[10], pending[11] = expires_at, offences, now
             return
+        self._known.pop((command, key), None)
         self._c.execute(
             "UPDATE entries SET expires_at = ?, offences = ?, last_offence = ? "
             "WHERE command = ? AND key = ?",
@@ -589,7 +626,12 @@ class Ledger(_Reader):
         return int(self._query("SELECT count(*) FROM entries")[0][0])
 
 
-_Work = tuple[Callable[[Tx], Any], Callable[[Any], None] | None, "Future[Any] | None"]
+_Work = tuple[
+    Callable[[Tx], Any],
+    Callable[[Any], None] | None,
+    "Future[Any] | None",
+    "list[tuple[str, str]] | None",
+]
 
 
 class GroupCommitter:
@@ -640,12 +682,20 @@ class GroupCommitter:
     ) -> Future[T]:
         """Queue ``work(tx)``; the future resolves (after ``after`` ran) once it is committed."""
         fut: Future[T] = Future()
-        self._put((work, after, fut))
+        self._put((work, after, fut, None))
         return fut
 
-    def post(self, work: Callable[[Tx], Any], after: Callable[[Any], None] | None = None) -> None:
-        """``submit`` for callers that never wait (no Future: the hot path makes two an alert)."""
-        self._put((work, after, None))
+    def post(
+        self,
+        work: Callable[[Tx], Any],
+        after: Callable[[Any], None] | None = None,
+        *,
+        prefetch: list[tuple[str, str]] | None = None,
+    ) -> None:
+        """``submit`` for callers that never wait (no Future: the hot path makes two an alert).
+        ``prefetch``: the (command, key) pairs ``work`` will look up; the whole batch's are read
+        in one statement before any work runs (Tx.prefetch)."""
+        self._put((work, after, None, prefetch))
 
     def _put(self, item: _Work) -> None:
         if self.failure is not None:
@@ -711,19 +761,22 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Work]) -> None:
         if self.failure is not None:
-            for _, _, fut in batch:
+            for _, _, fut, _ in batch:
                 if fut is not None:
                     fut.set_exception(StateError(f"ledger writes stopped: {self.failure}"))
             return
         done: list[tuple[Future[Any] | None, Callable[[Any], None] | None, Any]] = []
+        wanted = [pair for item in batch if item[3] for pair in item[3]]
         try:
             with self._ledger.transaction() as tx:
-                for work, after, fut in batch:
+                if wanted:
+                    tx.prefetch(wanted)
+                for work, after, fut, _ in batch:
                     done.append((fut, after, work(tx)))
         except Exception as exc:  # noqa: BLE001 - any failure stops all later writes, loudly
             self.failure = exc
             log.critical("ledger commit failed; no further writes: %s", exc)
-            for _, _, fut in batch:
+            for _, _, fut, _ in batch:
                 if fut is not None:
                     fut.set_exception(exc)
             with self._space:
