@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, overload
 
 from dfir_ar import procs
@@ -679,10 +680,12 @@ class Executor:
     def _result(
         self, plan: _Plan, action: str, outcome: str, *, error: str | None = None,
         duration: float = 0.0, details: Mapping[str, Any] | None = None,
+        expires_at: float | EllipsisType | None = ...,
     ) -> Result:
         return Result(
             order_id=plan.order.id, command=plan.order.command, action=action, key=plan.key,
-            outcome=outcome, error=error, duration=duration, expires_at=plan.expires_at,
+            outcome=outcome, error=error, duration=duration,
+            expires_at=plan.expires_at if isinstance(expires_at, EllipsisType) else expires_at,
             offences=plan.offences, details=details or {},
         )
 
@@ -698,36 +701,46 @@ class Executor:
         return {"data": data}
 
     def _log_start(self, cmd: CommandConfig, action: str, request: Request) -> None:
-        msg = wazuh_message(
-            action, cmd.executable, self._alert_dict(request), request.extra_args, self._node
-        )
-        self._write_ar(
-            self.clock.now(), cmd.executable, "Starting", json.dumps(msg, separators=(",", ":"))
-        )
+        alert = request.alert
+        if alert is not None and alert.raw and isinstance(alert.raw, dict):
+            # The same text json.dumps(wazuh_message(...)) gives (tests compare), without
+            # copying the alert into a new dict tree first: this runs for every alert.
+            text = (
+                f'{{"version":1,"origin":{{"name":{_dumps(self._node)},"module":"wazuh-execd"}},'
+                f'"command":{_dumps(action)},"parameters":{{"extra_args":'
+                f'{_dumps(list(request.extra_args))},"alert":{_dumps(alert.raw)},'
+                f'"program":{_dumps("active-response/bin/" + cmd.executable)}}}}}'
+            )
+        else:
+            msg = wazuh_message(
+                action, cmd.executable, self._alert_dict(request), request.extra_args, self._node
+            )
+            text = _dumps(msg)
+        self._write_ar(self.clock.now(), cmd.executable, "Starting", text)
 
     def _audit(self, plan: _Plan, result: Result, exit_status: int | None = None) -> None:
         target = plan.order.target
         alert = plan.order.alert
         record = AuditRecord(
-                time=self.clock.now(),
-                order_id=result.order_id,
-                command=result.command,
-                action=result.action,
-                key=result.key,
-                outcome=result.outcome,
-                duration=round(result.duration, 6),
-                exit_status=exit_status,
-                error=result.error,
-                agent=self.config.global_.agent_id,
-                srcip=None if target.srcip is None else str(target.srcip),
-                username=target.username,
-                alert_id=None if alert is None else alert.id,
-                rule_id=None if alert is None else alert.rule_id,
-                operator=plan.order.operator,
-                expires_at=result.expires_at if result.action in ("add", "refresh") else None,
-                offences=result.offences or None,
-                details=dict(result.details),
-            )
+            time=self.clock.now(),
+            order_id=result.order_id,
+            command=result.command,
+            action=result.action,
+            key=result.key,
+            outcome=result.outcome,
+            duration=round(result.duration, 6),
+            exit_status=exit_status,
+            error=result.error,
+            agent=self.config.global_.agent_id,
+            srcip=None if target.srcip is None else str(target.srcip),
+            username=target.username,
+            alert_id=None if alert is None else alert.id,
+            rule_id=None if alert is None else alert.rule_id,
+            operator=plan.order.operator,
+            expires_at=result.expires_at if result.action in ("add", "refresh") else None,
+            offences=result.offences or None,
+            details=dict(result.details),
+        )
         batch = self._batch()
         if batch is None:
             self.audit.write(record)
@@ -771,9 +784,8 @@ class Executor:
             self.counters["add_ok"] += 1
             result = self._result(
                 plan, "add", "ok", duration=duration,
-                details={"retried_intent": True} if plan.retry else None,
+                details={"retried_intent": True} if plan.retry else None, expires_at=expires_at,
             )
-            result = replace(result, expires_at=expires_at)
             # Recorded before the applied mark: a crash in between retries the (idempotent) add
             # and records it again, flagged; the other order would lose the record.
             self._audit(plan, result)
@@ -1277,6 +1289,9 @@ class Executor:
         for pool in (self._pool, self._collect_pool, self._undo_pool):
             pool.shutdown(wait=wait, cancel_futures=False)
         self._committer.close()
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class _LiveEntries(Sequence[LiveEntry]):
