@@ -284,6 +284,11 @@ class Executor:
 
     def responder(self, cmd: CommandConfig) -> Responder:
         """The (cached) responder instance that executes ``cmd``."""
+        # Lock-free when cached (a dict read is atomic): the source thread (_lookups) and the
+        # ledger writer ask for every alert, and a contended lock is a GIL hand-off each time.
+        cached = self._responders.get(cmd.name)
+        if cached is not None:
+            return cached
         with self._resolve_lock:
             found = self._responders.get(cmd.name)
             if found is not None:

@@ -1,15 +1,18 @@
 """Sortable unique ids (ULID layout: 48-bit millisecond time + 80 random bits, Crockford base32),
 used for orders and bundle ids so a directory listing is also a timeline.
 
-Monotonic (as the ULID spec allows): the 80 low bits are drawn from os.urandom once per process
-and per millisecond, then incremented for every further id in that millisecond, so ids made in
-one process sort in creation order and the hot path pays one urandom per millisecond, not one
-per id (measured in bench/engine: urandom was a getrandom(2) syscall per alert).
+Monotonic (as the ULID spec allows): the 80 low bits are drawn once per millisecond, then
+incremented for every further id in that millisecond, so ids made in one process sort in creation
+order. The draw comes from a generator seeded from os.urandom at start (and again in a forked
+child), not from urandom itself: a getrandom(2) per id or per millisecond is a syscall that drops
+the GIL, and in bench/engine re-taking it behind busy threads cost more wall time on the source
+thread than parsing the alert. Ids are unique and ordered, not secret: nothing uses them as one.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 import threading
 import time
@@ -27,6 +30,7 @@ class _Monotonic:
         self._lock = threading.Lock()
         self._ms = -1
         self._rand = 0
+        self._random = random.Random(os.urandom(32))  # noqa: S311 - unique ids, not secrets
 
     @property
     def last_ms(self) -> int:
@@ -37,7 +41,7 @@ class _Monotonic:
             if ms > self._ms:
                 self._ms = ms
                 # Top bit clear: 2**79 increments fit before the random part could overflow.
-                self._rand = int.from_bytes(os.urandom(10), "big") >> 1
+                self._rand = self._random.getrandbits(_RANDOM_BITS - 1)
             else:
                 # Same millisecond (or the wall clock stepped back): keep the previous time so
                 # the ids stay ordered, and count up in the random part.
@@ -65,7 +69,7 @@ def new_id(now: float | None = None) -> str:
     ms = int((time.time() if now is None else now) * 1000)
     if now is not None and ms < _GEN.last_ms:
         # A time in the past (imports, tests): its own random part, no ordering promise.
-        return _encode((ms << _RANDOM_BITS) | int.from_bytes(os.urandom(10), "big"))
+        return _encode((ms << _RANDOM_BITS) | int.from_bytes(os.urandom(10), "big"))  # rare
     return _encode(_GEN.next(ms))
 
 

@@ -13,6 +13,7 @@ are the engine's own cost. Targets (issue 2): >= 0.3 of the json.loads rate; p99
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -119,7 +120,34 @@ def engine_rate(n: int) -> tuple[float, float]:
             raise SystemExit(f"only {len(NoOp.executed)}/{n} executed")
         elapsed, cpu_used = time.perf_counter() - start, time.process_time() - cpu
         service.stop()
+        check_work(root, n)
         return n / elapsed, n / cpu_used
+
+
+def check_work(root: Path, n: int) -> None:
+    """The measured work was all done: n durable ledger rows marked applied, the source's cursor
+    at the end of the file, n audit records of an ok add, 3n active-responses.log lines."""
+    import sqlite3
+
+    from dfir_ar.ledger import LEDGER_FILE
+
+    with contextlib.closing(sqlite3.connect(root / "state" / LEDGER_FILE)) as conn:
+        applied = conn.execute("SELECT count(*) FROM entries WHERE status = 'applied'").fetchone()
+        cursors = conn.execute("SELECT count(*) FROM cursors").fetchone()
+    audit = (root / "log" / "audit.jsonl").read_text().splitlines()
+    adds = sum(1 for line in audit if '"action":"add"' in line and '"outcome":"ok"' in line)
+    ar_lines = len((root / "log" / "active-responses.log").read_text().splitlines())
+    problems = []
+    if applied[0] != n:
+        problems.append(f"{applied[0]}/{n} ledger entries applied")
+    if cursors[0] != 1:
+        problems.append("no source cursor committed")
+    if adds != n:
+        problems.append(f"{adds}/{n} ok add audit records")
+    if ar_lines != 3 * n:
+        problems.append(f"{ar_lines}/{3 * n} active-responses.log lines")
+    if problems:
+        raise SystemExit("bench/engine: work missing: " + "; ".join(problems))
 
 
 # The alert writer is a separate process, as Wazuh's analysisd is: in this process its pacing
@@ -214,6 +242,11 @@ def main() -> None:
     print(f"median latency append->executed at {args.rate:.0f}/s: "
           f"p50 {statistics.median(p50s):.2f} ms, p99 {statistics.median(p99s):.2f} ms "
           "(target p99 < 10 ms)")
+    from bench.engine.stages import stages
+
+    per = stages(args.alerts)
+    print("single-thread cost per alert by stage (python -m bench.engine.stages for details): "
+          + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in per.items()))
     load = os.getloadavg()
     print(f"machine load average during the run: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min) "
           f"on {os.cpu_count()} CPUs")
