@@ -243,6 +243,8 @@ class Executor:
         self._tls = threading.local()
         # Moving average of each command's add duration: decides how a batch is spread.
         self._add_cost: dict[str, float] = {}
+        # The constant text around the alert in the Wazuh input-JSON log line (_log_start).
+        self._start_frames: dict[tuple[str, str, tuple[str, ...]], tuple[str, str]] = {}
         self._expiry: dict[Ident, float] = {}
         self._active_lock = threading.Lock()
         self._delete_failures: Counter[Ident] = Counter()
@@ -710,12 +712,18 @@ class Executor:
         if alert is not None and alert.raw and isinstance(alert.raw, dict):
             # The same text json.dumps(wazuh_message(...)) gives (tests compare), without
             # copying the alert into a new dict tree first: this runs for every alert.
-            text = (
-                f'{{"version":1,"origin":{{"name":{_dumps(self._node)},"module":"wazuh-execd"}},'
-                f'"command":{_dumps(action)},"parameters":{{"extra_args":'
-                f'{_dumps(list(request.extra_args))},"alert":{_dumps(alert.raw)},'
-                f'"program":{_dumps("active-response/bin/" + cmd.executable)}}}}}'
-            )
+            parts = (action, cmd.executable, request.extra_args)
+            frame = self._start_frames.get(parts)
+            if frame is None:
+                frame = self._start_frames[parts] = (
+                    f'{{"version":1,"origin":{{"name":{_dumps(self._node)},'
+                    f'"module":"wazuh-execd"}},"command":{_dumps(action)},"parameters":'
+                    f'{{"extra_args":{_dumps(list(request.extra_args))},"alert":',
+                    f',"program":{_dumps("active-response/bin/" + cmd.executable)}}}}}',
+                )
+                if len(self._start_frames) > 1024:  # extra_args vary: keep it bounded
+                    self._start_frames.clear()
+            text = frame[0] + _dumps(alert.raw) + frame[1]
         else:
             msg = wazuh_message(
                 action, cmd.executable, self._alert_dict(request), request.extra_args, self._node
