@@ -34,10 +34,11 @@ def test_collection_order_seals_a_verified_bundle(tmp_path: Path) -> None:
         assert bundle.parent == config.spool_dir / "ready" and bundle.exists()
         report = verify_bundle(bundle, None)
         assert report.ok, report.problems
+        assert report.manifest is not None
         assert report.manifest.trigger.order_id == order.id
         assert ledger.jobs() == []
         [rec] = read_audit(config.global_.log_dir / "audit.jsonl")
-        assert rec["details"]["bundle_id"] == result.details["bundle_id"]  # type: ignore[index]
+        assert rec["details"]["bundle_id"] == result.details["bundle_id"]
     finally:
         executor.shutdown(lift=False)
         ledger.close()

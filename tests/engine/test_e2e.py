@@ -49,7 +49,7 @@ def test_serve_blocks_from_alerts_and_unblocks_on_time(tmp_path: Path) -> None:
         assert isinstance(details, dict) and details["late"] <= 1.0  # at most 1 s late
         [add] = [r for r in setup.audit() if r["action"] == "add"]
         # Undone on time: within 1 s after the deadline recorded when the block was added.
-        assert 0 <= float(delete["time"]) - float(add["expires_at"]) <= 1.0  # type: ignore[arg-type]
+        assert 0 <= float(delete["time"]) - float(add["expires_at"]) <= 1.0
         # The white-listed address was refused with a reason, nothing ran for it; the alert
         # from another agent was not run on this host.
         refused = [str(r["error"]) for r in setup.audit() if r["action"] == "refused"]
@@ -260,7 +260,7 @@ def test_serve_collects_evidence_and_uploads_it(tmp_path: Path) -> None:
     [rec] = [r for r in setup.audit() if r["action"] == "collect"]
     assert rec["outcome"] == "ok"
     [bundle] = list(store.rglob("*.tar.zst"))
-    assert bundle.name == f"{rec['details']['bundle_id']}.tar.zst"  # type: ignore[index]
+    assert bundle.name == f"{rec['details']['bundle_id']}.tar.zst"
     assert bundle.with_name(bundle.name.replace(".tar.zst", ".manifest.json")).exists()
     assert setup.deny_lines() == ["ALL: 203.0.113.90"]  # both bindings fired
 
