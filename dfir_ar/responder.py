@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dfir_ar.alert import Alert
 from dfir_ar.clock import Clock, SystemClock
+from dfir_ar.errors import InvalidArgument
 from dfir_ar.validate import IPAddress, IPNetwork
 
 State = dict[str, Any]
@@ -99,6 +100,7 @@ class Responder(ABC):
     def __init__(self, context: ResponderContext) -> None:
         self.context = context
         self.options = self.Options.model_validate(dict(context.options))
+        self._protected_nets: dict[int, list[IPNetwork]] = {}
 
     @classmethod
     def check_compatible(cls) -> None:
@@ -115,6 +117,22 @@ class Responder(ABC):
     @abstractmethod
     def delete(self, request: Request, state: State) -> None:
         """The exact inverse of add(). Must succeed (quietly) if the action is already gone."""
+
+    def srcip(self, request: Request) -> IPAddress:
+        """The order's address; InvalidArgument naming this responder when it has none."""
+        if request.target.srcip is None:
+            raise InvalidArgument(f"{self.name} needs srcip; the order has none")
+        return request.target.srcip
+
+    def is_protected(self, addr: IPAddress) -> bool:
+        """True for an address the white list covers (config, own addresses, loopback, gateway):
+        the executor checks this too, a responder checks it again before it contains."""
+        nets = self._protected_nets.get(addr.version)
+        if nets is None:
+            nets = self._protected_nets[addr.version] = [
+                n for n in self.context.white_list if n.version == addr.version
+            ]
+        return any(addr in net for net in nets)
 
     def refresh(self, request: Request, state: State, timeout: float | None) -> None:
         """A repeat offence extended the action; backends with kernel timeouts update them."""

@@ -29,7 +29,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dfir_ar.errors import DfirArError, InvalidArgument, PluginUnavailable, Refused
+from dfir_ar.errors import DfirArError, PluginUnavailable, Refused
 from dfir_ar.netfilter import BackendName, Block, FirewallBackend, make_backend, tools_present
 from dfir_ar.responder import (
     Arg,
@@ -183,8 +183,6 @@ class FirewallDrop(Responder):
         self._ready = False
         self.claims = _claims_for(self.backend.describe())
         self._verify_interval = opts.verify_interval
-        self._white4 = [n for n in context.white_list if n.version == 4]
-        self._white6 = [n for n in context.white_list if n.version == 6]
         self._verified_at = context.clock.monotonic()
 
     @classmethod
@@ -201,16 +199,6 @@ class FirewallDrop(Responder):
         if not self._ready:
             self.backend.ensure()
             self._ready = True
-
-    @staticmethod
-    def _addr(request: Request) -> IPAddress:
-        if request.target.srcip is None:
-            raise InvalidArgument("firewall-drop needs srcip; the order has none")
-        return request.target.srcip
-
-    def _protected(self, addr: IPAddress) -> bool:
-        nets = self._white4 if addr.version == 4 else self._white6
-        return any(addr in net for net in nets)
 
     @staticmethod
     def _timeout(timeout: float | None) -> float | None:
@@ -279,11 +267,11 @@ class FirewallDrop(Responder):
     # -- the responder contract --------------------------------------------------------------
 
     def key(self, request: Request) -> str:
-        return str(self._addr(request))
+        return str(self.srcip(request))
 
     def add(self, request: Request) -> State:
-        addr = self._addr(request)
-        if self._protected(addr):
+        addr = self.srcip(request)
+        if self.is_protected(addr):
             raise Refused(
                 f"firewall-drop: {addr} is protected (white list, own address, loopback or "
                 "gateway); not blocked"
@@ -305,7 +293,7 @@ class FirewallDrop(Responder):
                 addr = request.target.srcip
                 if addr is None:
                     result.refused.append((request, "no srcip"))
-                elif self._protected(addr):
+                elif self.is_protected(addr):
                     result.refused.append((request, f"{addr} is protected"))
                 else:
                     self.claims.claim(request.command, addr, self._deadline(request.timeout))
@@ -317,7 +305,7 @@ class FirewallDrop(Responder):
         return result
 
     def delete(self, request: Request, state: State) -> None:
-        addr = self._addr(request)
+        addr = self.srcip(request)
         with self.claims.lock:
             self._ensure()
             self.claims.release(request.command, addr)
@@ -332,8 +320,8 @@ class FirewallDrop(Responder):
         self.context.log.info("firewall-drop: unblocked %s (%s)", addr, self.backend.name)
 
     def refresh(self, request: Request, state: State, timeout: float | None) -> None:
-        addr = self._addr(request)
-        if self._protected(addr):
+        addr = self.srcip(request)
+        if self.is_protected(addr):
             return
         with self.claims.lock:
             self._ensure()
@@ -353,7 +341,7 @@ class FirewallDrop(Responder):
             if addr is None:
                 notes.append(f"firewall-drop: ledger entry {entry.request.order_id} has no srcip")
                 continue
-            if self._protected(addr):
+            if self.is_protected(addr):
                 notes.append(f"firewall-drop: {addr} is protected now; not re-blocked")
                 continue
             if entry.remaining is not None and entry.remaining <= 0:

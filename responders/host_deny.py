@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from dfir_ar.errors import ExecutionError, InvalidArgument, RefusedInput
+from dfir_ar.errors import ExecutionError, RefusedInput
 from dfir_ar.responder import Arg, Request, Responder, State
 from dfir_ar.validate import IPAddress, parse_ip
 
@@ -72,13 +72,8 @@ class HostDeny(Responder):
         assert isinstance(opts, HostDenyOptions)
         return opts.path
 
-    def _ip(self, request: Request) -> IPAddress:
-        if request.target.srcip is None:
-            raise InvalidArgument("host-deny needs srcip")
-        return request.target.srcip
-
     def key(self, request: Request) -> str:
-        return str(self._ip(request))
+        return str(self.srcip(request))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -127,7 +122,7 @@ class HostDeny(Responder):
             raise ExecutionError(f"host-deny: cannot write {self.path}: {exc.strerror}") from None
 
     def add(self, request: Request) -> State:
-        line = deny_line(self._ip(request))
+        line = deny_line(self.srcip(request))
         encoded = line.encode("ascii")
         with self._locked():
             data = self._read()
@@ -139,7 +134,7 @@ class HostDeny(Responder):
         return {"line": line, "added": True}
 
     def delete(self, request: Request, state: State) -> None:
-        line = deny_line(self._ip(request))
+        line = deny_line(self.srcip(request))
         encoded = line.encode("ascii")
         with self._locked():
             data = self._read()

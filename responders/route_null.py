@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from dfir_ar import procs
-from dfir_ar.errors import ExecutionError, InvalidArgument, PluginUnavailable, Refused
+from dfir_ar.errors import ExecutionError, PluginUnavailable, Refused
 from dfir_ar.responder import (
     Arg,
     LiveEntry,
@@ -66,17 +66,8 @@ class RouteNull(Responder):
         return str(opts.protocol)
 
     @staticmethod
-    def _addr(request: Request) -> IPAddress:
-        if request.target.srcip is None:
-            raise InvalidArgument("route-null needs srcip; the order has none")
-        return request.target.srcip
-
-    @staticmethod
     def _ip(addr: IPAddress) -> list[str]:
         return ["ip", "-6"] if addr.version == 6 else ["ip", "-4"]
-
-    def _protected(self, addr: IPAddress) -> bool:
-        return any(addr in net for net in self.context.white_list if net.version == addr.version)
 
     def _routes(self, family: int, *extra: str) -> list[dict[str, Any]]:
         argv = ["ip", f"-{family}", "-j", "route", "show", *extra]
@@ -102,11 +93,11 @@ class RouteNull(Responder):
     # -- the responder contract --------------------------------------------------------------
 
     def key(self, request: Request) -> str:
-        return str(self._addr(request))
+        return str(self.srcip(request))
 
     def add(self, request: Request) -> State:
-        addr = self._addr(request)
-        if self._protected(addr):
+        addr = self.srcip(request)
+        if self.is_protected(addr):
             raise Refused(
                 f"route-null: {addr} is protected (white list, own address, loopback or gateway); "
                 "no blackhole route"
@@ -130,7 +121,7 @@ class RouteNull(Responder):
         return {"addr": str(addr), "proto": self._proto}
 
     def delete(self, request: Request, state: State) -> None:
-        addr = self._addr(request)
+        addr = self.srcip(request)
         proto = str(state.get("proto", self._proto))
         plen = str(addr.max_prefixlen)
         done = procs.run(

@@ -73,6 +73,8 @@ MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 ARTIFACTS_DIR = "artifacts"
 ARCHIVE_SUFFIX = ".tar.zst"
+DIGEST_SUFFIX = ".sha256"
+"""``<id>.tar.zst.sha256`` in ready/: ``<hex sha256> <size>`` of the archive, written at seal."""
 SIDECAR_SUFFIX = ".manifest.json"
 DISK_CHECK_EVERY = 4 * MiB
 _COPY_CHUNK = 1 * MiB
@@ -540,10 +542,16 @@ def _publish(
                     info = _tarinfo(entry.path, entry.size, mtime)
                     with open(staging / entry.path, "rb") as src:
                         tar.addfile(info, src)
-            raw.write(trailer(hashing.digest()))
+            hashing.write_trailer(trailer(hashing.digest()))
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, archive)
+        # The archive's SHA-256, hashed while written: the uploader needs it before the first
+        # byte goes out (object metadata) and need not read the bundle back to get it.
+        _atomic_write(
+            ready / f"{bundle_id}{ARCHIVE_SUFFIX}{DIGEST_SUFFIX}",
+            f"{hashing.whole.hexdigest()} {hashing.size}\n".encode(),
+        )
         # Phase 3: the sidecar manifest last: its presence means the archive is complete.
         _atomic_write(sidecar, manifest_bytes)
         _fsync_dir(ready)
@@ -566,19 +574,30 @@ def _publish(
 
 
 class _HashingRaw(io.RawIOBase):
-    """Passes bytes to the file and hashes them: the compressed frame's SHA-256 for the trailer."""
+    """Passes bytes to the file and hashes them: the compressed frame's SHA-256 for the trailer,
+    and the whole file's (frame + trailer) for the digest file the uploader uses."""
 
     def __init__(self, raw: IO[bytes]) -> None:
         self._raw = raw
         self._hash = hashlib.sha256()
+        self.whole = hashlib.sha256()
+        self.size = 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
         self._hash.update(data)
+        self.whole.update(data)
         self._raw.write(data)
+        self.size += len(data)
         return len(data)
+
+    def write_trailer(self, data: bytes) -> None:
+        """Bytes after the frame: in the file and the whole-file hash, not the frame hash."""
+        self.whole.update(data)
+        self._raw.write(data)
+        self.size += len(data)
 
     def digest(self) -> bytes:
         return self._hash.digest()

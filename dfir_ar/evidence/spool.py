@@ -36,6 +36,7 @@ from typing import Any
 from dfir_ar.clock import Clock, SystemClock
 from dfir_ar.config.models import Config
 from dfir_ar.errors import DfirArError, StateError, StoreError
+from dfir_ar.evidence.bundle import DIGEST_SUFFIX
 from dfir_ar.evidence.stores.base import (
     BUNDLE_SUFFIX,
     MANIFEST_SUFFIX,
@@ -175,6 +176,11 @@ class SpoolEntry:
     @property
     def resume(self) -> Path:
         return self.bundle.with_name(self.bundle_id + RESUME_SUFFIX)
+
+    @property
+    def digest(self) -> Path:
+        """The archive's SHA-256 and size as the seal hashed them (see bundle.DIGEST_SUFFIX)."""
+        return self.bundle.with_name(self.bundle.name + DIGEST_SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +334,9 @@ class Uploader:
 
     def _sha256(self, path: Path) -> str:
         st = path.stat()
+        sealed = _sealed_digest(path.with_name(path.name + DIGEST_SUFFIX), st.st_size)
+        if sealed is not None:
+            return sealed
         cache_key = (str(path), st.st_size, st.st_mtime_ns)
         digest = self._hashes.get(cache_key)
         if digest is None:
@@ -337,7 +346,7 @@ class Uploader:
 
     def _quarantine(self, entry: SpoolEntry, reason: str) -> None:
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        for path in (entry.bundle, entry.resume, entry.manifest):
+        for path in (entry.bundle, entry.resume, entry.digest, entry.manifest):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, self.quarantine_dir / path.name)
         log.error(
@@ -400,7 +409,7 @@ class Uploader:
         self.store.put_file(entry.manifest, mkey, manifest_meta)
         # Both confirmed: now, and only now, the local copies go (manifest last, so a crash in
         # between leaves a manifest that the branch above finishes).
-        for path in (entry.resume, entry.bundle, entry.manifest):
+        for path in (entry.resume, entry.bundle, entry.digest, entry.manifest):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         seconds = time.monotonic() - start
@@ -445,3 +454,22 @@ class Uploader:
                 SPOOL_FULL_MARK if used >= quota else "DFIR-AR SPOOL NEARLY FULL",
                 self.config.spool_dir, used / 2**20, self.config.evidence.spool_quota_mb,
             )
+
+
+def _sealed_digest(path: Path, size: int) -> str | None:
+    """The hex SHA-256 the seal recorded for a bundle of ``size`` bytes, or None (absent, stale,
+    malformed: the caller hashes the file itself). A bundle altered after the seal is still caught:
+    a single PUT's server checksum must equal it, and `bundles verify` checks every artifact."""
+    try:
+        text = path.read_text("ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    parts = text.split()
+    if len(parts) != 2 or len(parts[0]) != 64 or parts[1] != str(size):
+        return None
+    try:
+        bytes.fromhex(parts[0])
+    except ValueError:
+        return None
+    return parts[0]
+

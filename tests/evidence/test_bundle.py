@@ -261,7 +261,7 @@ def test_recover_finishes_a_seal_interrupted_after_the_manifest(spool_dir: Path)
     assert report.ok, report.problems
     assert report.manifest == manifest
     assert sorted(p.name for p in (spool_dir / "ready").iterdir()) == sorted(
-        [f"{w.bundle_id}.tar.zst", f"{w.bundle_id}.manifest.json"]
+        [f"{w.bundle_id}.tar.zst", f"{w.bundle_id}.tar.zst.sha256", f"{w.bundle_id}.manifest.json"]
     )
 
 
