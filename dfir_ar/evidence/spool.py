@@ -12,6 +12,7 @@ be read is moved to ``<spool_dir>/quarantine/`` with a log line, never deleted.
 Spool layout::
 
     <spool_dir>/ready/<id>.tar.zst          sealed bundle (bundle.py renames it in)
+    <spool_dir>/ready/<id>.tar.zst.sha256   its SHA-256 and size, hashed by the seal as it wrote
     <spool_dir>/ready/<id>.manifest.json    its manifest, written last: the "ready" mark
     <spool_dir>/ready/<id>.upload.jsonl     multipart resume log while an upload is under way
     <spool_dir>/quarantine/                 what could not be uploaded as is, kept for a human
