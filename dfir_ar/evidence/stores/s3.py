@@ -32,7 +32,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -700,16 +700,7 @@ class S3Store(EvidenceStore):
         workers = max(1, min(self.evidence.upload_concurrency, len(todo)))
         try:
             if todo:
-                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfir-upload") as pool:
-                    futures: list[Future[None]] = [pool.submit(send, n) for n in todo]
-                    finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                    failed = [f for f in finished if f.exception() is not None]
-                    if failed:
-                        for f in futures:
-                            f.cancel()
-                        exc = failed[0].exception()
-                        assert exc is not None
-                        raise exc
+                _run_all(send, todo, workers, "dfir-upload")
         finally:
             hashers.shutdown(wait=True, cancel_futures=True)
         parts = [
@@ -933,16 +924,7 @@ class S3Store(EvidenceStore):
                     )
 
             workers = min(ev.upload_concurrency, len(starts))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfir-get") as pool:
-                futures = [pool.submit(fetch, start) for start in starts]
-                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f for f in finished if f.exception() is not None]
-                if failed:
-                    for f in futures:
-                        f.cancel()
-                    exc = failed[0].exception()
-                    assert exc is not None
-                    raise exc
+            _run_all(fetch, starts, workers, "dfir-get")
         finally:
             os.close(fd)
         return size
@@ -965,6 +947,20 @@ class S3Store(EvidenceStore):
 
     def describe(self, key: str) -> str:
         return self._where(key)
+
+
+def _run_all(task: Callable[[int], object], items: Sequence[int], workers: int, name: str) -> None:
+    """Run ``task`` on every item in a pool; on the first failure cancel what has not started
+    and re-raise it (a part or range that failed must fail the whole transfer)."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        futures: list[Future[object]] = [pool.submit(task, item) for item in items]
+        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for done in finished:
+            exc = done.exception()
+            if exc is not None:
+                for f in futures:
+                    f.cancel()
+                raise exc
 
 
 def _content_type(key: str) -> str:
