@@ -4,7 +4,6 @@ start removes a stray route-null blackhole although the ledger holds no live ent
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root, require_tool
+from tests.engine.e2e import wait_for, wazuh_alert
 from tests.netns import NetPair, net_pair
 
 CONFIG = """
@@ -51,26 +51,6 @@ store = "file://{tmp}/evidence"
 """
 
 
-def _alert(srcip: str) -> str:
-    return json.dumps({
-        "timestamp": "2026-11-22T08:00:00.000+0000",
-        "rule": {"level": 10, "id": "5712", "description": "sshd: brute force",
-                 "groups": ["syslog", "sshd", "authentication_failures"]},
-        "agent": {"id": "000", "name": "agent"}, "manager": {"name": "agent"},
-        "id": "1795334400.1", "full_log": f"Failed password from {srcip}",
-        "data": {"srcip": srcip}, "location": "/var/log/auth.log",
-    }) + "\n"
-
-
-def _wait(what: str, predicate: Callable[[], bool], limit: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {limit}s")
-
-
 @pytest.fixture
 def pair() -> Iterator[NetPair]:
     require_root()
@@ -95,8 +75,8 @@ def serve(pair: NetPair, tmp_path: Path) -> Iterator[Callable[[], Path]]:
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         procs.append(proc)
-        _wait("serve ready", lambda: b"serve ready" in logfile.read_bytes()
-              or proc.poll() is not None, 30)
+        wait_for(lambda: b"serve ready" in logfile.read_bytes() or proc.poll() is not None,
+                 30, "serve ready")
         assert proc.poll() is None, logfile.read_text()
         return logfile
 
@@ -126,13 +106,15 @@ def test_block_is_back_within_the_repair_tick_after_nft_flush_ruleset(
     logfile = serve()
     assert pair.ping_ok(), "attacker reaches the agent before any block"
     with (tmp_path / "alerts.json").open("a") as f:
-        f.write(_alert(pair.a4))
-    _wait("block in place", lambda: _blocked(pair), 15)
+        f.write(wazuh_alert(pair.a4) + "\n")
+    wait_for(lambda: _blocked(pair), 15, "block in place")
     assert not pair.ping_ok(), "the block drops the attacker's packets"
 
     pair.in_agent("nft", "flush", "ruleset")
     assert not _blocked(pair)
-    took = _wait("block restored after nft flush ruleset", lambda: _blocked(pair), 5)
+    flushed = time.monotonic()
+    wait_for(lambda: _blocked(pair), 5, "block restored after nft flush ruleset")
+    took = time.monotonic() - flushed
     print(f"restored {took:.2f}s after the flush (repair_interval 1 s)")
     assert not pair.ping_ok(), "the restored block drops the attacker's packets again"
     assert b"was removed by someone else" in logfile.read_bytes()
@@ -151,5 +133,5 @@ def test_start_removes_a_stray_blackhole_with_no_live_entry(
     def routes() -> str:
         return pair.in_agent("ip", "route", "show", "type", "blackhole")
 
-    _wait("stray blackhole removed", lambda: "203.0.113.77" not in routes(), 10)
+    wait_for(lambda: "203.0.113.77" not in routes(), 10, "stray blackhole removed")
     assert "203.0.113.78" in routes(), "a blackhole dfir-ar did not make is left alone"
