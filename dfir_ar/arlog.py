@@ -5,8 +5,8 @@ and raises rules 650-658 from it (651/652: firewall-drop add/delete):
 ``YYYY/MM/DD HH:MM:SS active-response/bin/<name>: <message>`` with the messages ``Starting``, the
 input JSON, ``Ended`` or ``Aborted``. Neither OSSEC nor Wazuh records whether the action worked, so
 ``audit.jsonl`` beside it gets one JSON record per execution with the outcome, exit status and
-duration. Attacker-controlled text only ever enters these files inside ``json.dumps`` output, so
-it cannot forge a line (newlines are escaped).
+duration. Attacker-controlled text only ever enters these files inside JSON output
+(dfir_ar.codec), so it cannot forge a line (every line break is escaped).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfir_ar import codec
 from dfir_ar.errors import StateError
 
 AR_LOG = "active-responses.log"
@@ -185,8 +186,6 @@ class AuditRecord:
 
 
 _AUDIT_FIELDS = tuple(AuditRecord.__dataclass_fields__)
-# One encoder, not json.dumps' per-call construction with these options.
-_AUDIT_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str, sort_keys=True)
 
 
 class AuditLog:
@@ -202,8 +201,7 @@ class AuditLog:
         """One record as its JSON line, for callers that gather a batch into one write."""
         # Not dataclasses.asdict: it deep-copies, and this runs once per execution.
         fields = {name: getattr(record, name) for name in _AUDIT_FIELDS}
-        line = _AUDIT_ENCODER.encode(fields)
-        return (line + "\n").encode("utf-8")
+        return codec.dumpb(fields, sort_keys=True) + b"\n"
 
     def write(self, record: AuditRecord) -> None:
         self._file.append(self.encode(record))

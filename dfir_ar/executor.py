@@ -31,7 +31,6 @@ when the action is not there). Accepted collections that never finished are run 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -42,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any, overload
 
-from dfir_ar import procs
+from dfir_ar import codec, procs
 from dfir_ar.arlog import ActiveResponseLog, AuditLog, AuditRecord, wazuh_message
 from dfir_ar.clock import Clock, SystemClock
 from dfir_ar.collector import Collector, CollectorContext
@@ -710,7 +709,7 @@ class Executor:
     def _log_start(self, cmd: CommandConfig, action: str, request: Request) -> None:
         alert = request.alert
         if alert is not None and alert.raw and isinstance(alert.raw, dict):
-            # The same text json.dumps(wazuh_message(...)) gives (tests compare), without
+            # The same text codec.dumps(wazuh_message(...)) gives (tests compare), without
             # copying the alert into a new dict tree first: this runs for every alert.
             parts = (action, cmd.executable, request.extra_args)
             frame = self._start_frames.get(parts)
@@ -1304,7 +1303,7 @@ class Executor:
         self._committer.close()
 
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_dumps = codec.dumps
 
 
 class _LiveEntries(Sequence[LiveEntry]):

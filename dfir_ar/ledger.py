@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import json
 import logging
 import os
 import sqlite3
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dfir_ar import codec
 from dfir_ar.alert import Alert
 from dfir_ar.errors import RefusedInput, StateError
 from dfir_ar.ids import is_id
@@ -143,7 +143,7 @@ def target_from_dict(data: Mapping[str, Any]) -> Target:
 
 
 def encode_request(request: Request) -> str:
-    return json.dumps(
+    return codec.dumps(
         {
             "command": request.command,
             "target": target_to_dict(request.target),
@@ -151,16 +151,14 @@ def encode_request(request: Request) -> str:
             "timeout": request.timeout,
             "extra_args": list(request.extra_args),
             "alert": None if request.alert is None else alert_to_dict(request.alert),
-        },
-        separators=(",", ":"),
-        default=str,
+        }
     )
 
 
 def decode_request(text: str) -> Request:
     """Parse a stored request and validate every field again (StateError on failure)."""
     try:
-        data = json.loads(text)
+        data = codec.loads(text)
         if not isinstance(data, dict):
             raise TypeError("not an object")
         extra = data.get("extra_args") or []
@@ -254,7 +252,7 @@ _SELECT_ENTRIES = (
 def _entry(row: tuple[Any, ...]) -> Entry:
     state_text = row[5]
     try:
-        state = None if state_text is None else json.loads(state_text)
+        state = None if state_text is None else codec.loads(state_text)
     except ValueError:
         raise StateError(f"ledger: state of {row[0]}/{row[1]} is not JSON") from None
     if state is not None and not isinstance(state, dict):
@@ -313,7 +311,7 @@ class Tx:
             "LEFT JOIN entries AS e ON e.command = q.c AND e.key = q.k "
             "LEFT JOIN offenders AS o ON o.command = q.c AND o.key = q.k "
             "WHERE e.command IS NOT NULL OR o.command IS NOT NULL",
-            (json.dumps(wanted, separators=(",", ":")),),
+            (codec.dumps(wanted),),
         ).fetchall()
         known = self._known
         for pair in wanted:
@@ -347,7 +345,7 @@ class Tx:
         self._c.execute(
             "UPDATE entries SET status = ?, state = ?, applied_at = ? "
             "WHERE command = ? AND key = ? AND order_id = ?",
-            (APPLIED, json.dumps(state, separators=(",", ":"), default=str), applied_at,
+            (APPLIED, codec.dumps(state), applied_at,
              command, key, order_id),
         )
 
@@ -358,8 +356,7 @@ class Tx:
         for row in rows:
             self._known.pop((row[0], row[1]), None)
         payload = [
-            [command, key, order_id, json.dumps(state, separators=(",", ":"), default=str),
-             applied_at]
+            [command, key, order_id, codec.dumps(state), applied_at]
             for command, key, order_id, state, applied_at in rows
         ]
         self._c.execute(
@@ -368,7 +365,7 @@ class Tx:
             "value ->> 3 AS state, value ->> 4 AS applied_at FROM json_each(?)) AS u "
             "WHERE entries.command = u.command AND entries.key = u.key "
             "AND entries.order_id = u.order_id",
-            (APPLIED, json.dumps(payload, separators=(",", ":"))),
+            (APPLIED, codec.dumps(payload)),
         )
 
     def lookup(self, command: str, key: str) -> tuple[Entry | None, int, float | None]:
