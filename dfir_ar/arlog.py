@@ -16,9 +16,10 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from dfir_ar import codec
 from dfir_ar.errors import StateError
@@ -158,8 +159,7 @@ class ActiveResponseLog:
         self._file.close()
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
+class AuditRecord(msgspec.Struct, frozen=True, gc=False):
     """One execution (or refusal) as the audit log records it."""
 
     time: float
@@ -182,10 +182,10 @@ class AuditRecord:
     expires_at: float | None = None
     """When the action is undone (add/refresh), epoch seconds; None: never or not stateful."""
     offences: int | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-_AUDIT_FIELDS = tuple(AuditRecord.__dataclass_fields__)
+_AUDIT_FIELDS = AuditRecord.__struct_fields__
 
 
 class AuditLog:

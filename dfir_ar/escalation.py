@@ -10,11 +10,11 @@ older than ``global.offender_window`` the next one counts as a first offence aga
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class Offence:
+class Offence(msgspec.Struct, frozen=True, gc=False):
     count: int
     """1 for a first offence, 2 for the first repeat, ..."""
     timeout: float | None

@@ -37,9 +37,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any, overload
+
+import msgspec
+from msgspec import structs
 
 from dfir_ar import codec, procs
 from dfir_ar.arlog import ActiveResponseLog, AuditLog, AuditRecord, wazuh_message
@@ -72,8 +75,7 @@ DELETE_RETRY = (5.0, 15.0, 60.0, 300.0)
 TICK_CEILING = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(msgspec.Struct, frozen=True, gc=False):
     """How one execution (or refusal) ended; what ``dfir-ar run --wait`` prints."""
 
     order_id: str
@@ -86,7 +88,7 @@ class Result:
     duration: float = 0.0
     expires_at: float | None = None
     offences: int = 0
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -178,8 +180,7 @@ class _Batch:
     done: list[tuple[Ticket, Result | BaseException]] = field(default_factory=list)
 
 
-@dataclass
-class _Plan:
+class _Plan(msgspec.Struct):
     kind: str  # add | refresh | collect | refused
     order: Order
     command: CommandConfig | None = None
@@ -191,7 +192,7 @@ class _Plan:
     reason: str = ""
     retry: bool = False
     """An intent recovered from the ledger: the row exists already."""
-    ticket: Ticket = field(default_factory=Ticket)
+    ticket: Ticket = msgspec.field(default_factory=Ticket)
 
 
 class Executor:
@@ -881,7 +882,7 @@ class Executor:
             result = self._result(
                 plan, "refresh", "refreshed", error=error, duration=time.monotonic() - start
             )
-            result = replace(result, expires_at=entry.expires_at)
+            result = structs.replace(result, expires_at=entry.expires_at)
             self._audit(plan, result)
             return result
 
@@ -1076,16 +1077,16 @@ class Executor:
         log.warning("%s %s was refreshed during its undo; applying it again", *ident)
         remaining = entry.remaining(self.clock.now())
         try:
-            request = replace(entry.request(), timeout=remaining)
+            request = structs.replace(entry.request(), timeout=remaining)
             with procs.deadline_scope(time.monotonic() + self._deadline(cmd)):
                 self.responder(cmd).add(request)
         except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
             log.error("%s re-apply of %s failed: %s", cmd.name, ident[1], exc)
             self._schedule(ident, self.clock.now() + DELETE_RETRY[0])
-            return replace(undone, details={**undone.details, "reapply_error": str(exc)})
+            return structs.replace(undone, details={**undone.details, "reapply_error": str(exc)})
         if entry.expires_at is not None:
             self._schedule(ident, entry.expires_at)
-        return replace(undone, details={**undone.details, "reapplied": True})
+        return structs.replace(undone, details={**undone.details, "reapplied": True})
 
     def _order_of(self, entry: Entry) -> Order:
         try:
@@ -1147,13 +1148,13 @@ class Executor:
                     offences=entry.offences, retry=True,
                 )
                 remaining = entry.remaining(now)
-                plan.request = replace(request, timeout=remaining)
+                plan.request = structs.replace(request, timeout=remaining)
                 self._dispatch(plan)
                 continue
             summary["live"] += 1
             remaining = entry.remaining(now)
             live.setdefault(cmd.name, []).append(
-                LiveEntry(request=replace(request, timeout=remaining), state=entry.state or {},
+                LiveEntry(request=structs.replace(request, timeout=remaining), state=entry.state or {},
                           remaining=remaining)
             )
             if entry.expires_at is not None:
@@ -1264,7 +1265,7 @@ class Executor:
             except StateError:
                 continue
             remaining = entry.remaining(now)
-            out.append(LiveEntry(request=replace(request, timeout=remaining),
+            out.append(LiveEntry(request=structs.replace(request, timeout=remaining),
                                  state=entry.state or {}, remaining=remaining))
         return out
 

@@ -3,15 +3,14 @@ already parsed. Built by dfir_ar.pipeline from alerts, and by `dfir-ar run` from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from dfir_ar.alert import Alert
 from dfir_ar.config.models import Location
 from dfir_ar.responder import Target
 
 
-@dataclass(frozen=True, slots=True)
-class Order:
+class Order(msgspec.Struct, frozen=True, gc=False):
     id: str
     """Sortable unique id (dfir_ar.ids.new_id)."""
     command: str

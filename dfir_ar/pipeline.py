@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from dfir_ar.alert import MANAGER_AGENT_ID, Alert
 from dfir_ar.config.models import ActiveResponseConfig, CommandConfig, Config, Location
 from dfir_ar.errors import InvalidAddress, InvalidArgument, InvalidUsername
@@ -29,8 +31,7 @@ SRCIP_CACHE = 4096
 _SrcipVerdict = tuple[IPAddress | None, str | None, str | None]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True, gc=False):
     """One matched binding's verdict for one alert.
 
     ``binding`` is the 0-based index into ``config.active_response`` (None when the alert was

@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
+import msgspec
 from pydantic import BaseModel, ConfigDict
 
 from dfir_ar.alert import Alert
@@ -32,8 +33,7 @@ class Arg(StrEnum):
     FILENAME = "filename"
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(msgspec.Struct, frozen=True, gc=False):
     """The validated arguments of one order (see dfir_ar.validate)."""
 
     srcip: IPAddress | None = None
@@ -41,8 +41,7 @@ class Target:
     filename: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(msgspec.Struct, frozen=True, gc=False):
     """One add/delete request as a responder receives it."""
 
     command: str
@@ -54,8 +53,7 @@ class Request:
     alert: Alert | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class LiveEntry:
+class LiveEntry(msgspec.Struct, frozen=True, gc=False):
     """A ledger entry that should be in place now, with the seconds it has left (None: forever)."""
 
     request: Request

@@ -23,12 +23,47 @@ MAX_FIELD = 256
 # No leading '-' (would read as an option), no '..', no '/', no whitespace, no shell metacharacters.
 _USERNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,63}\$?$")
 _DOTTED_QUAD = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$")
+# The common case, parsed without ipaddress's string parser: no leading zeros (ambiguous, octal
+# to inet_aton). Anything else goes on to ipaddress's checks and messages.
+_OCTET = r"(0|[1-9][0-9]{0,2})"
+_PLAIN_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:@/=+-]{1,256}$")
 
 
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _CachedText:
+    """Remembers an address's text: ``str(ip)`` of one srcip runs several times per alert (dedup
+    key, stored request, audit record, log lines) and ipaddress rebuilds it every time."""
+
+    __slots__ = ()
+    _text: str  # a slot of each concrete class
+
+    def __str__(self) -> str:
+        try:
+            return self._text
+        except AttributeError:
+            text = super().__str__()
+            self._text = text  # type: ignore[misc]  # the slot is declared by the subclass
+            return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__bases__[1].__name__}({str(self)!r})"
+
+
+class IPv4(_CachedText, ipaddress.IPv4Address):
+    """An IPv4Address (equal, hashable and ordered like one) that caches its text."""
+
+    __slots__ = ("_text",)
+
+
+class IPv6(_CachedText, ipaddress.IPv6Address):
+    """An IPv6Address (equal, hashable and ordered like one) that caches its text."""
+
+    __slots__ = ("_text",)
 
 
 def parse_ip(value: object) -> IPAddress:
@@ -44,15 +79,24 @@ def parse_ip(value: object) -> IPAddress:
         raise InvalidAddress(f"srcip {_short(value)} is empty or too long")
     if "%" in value:
         raise InvalidAddress(f"srcip {_short(value)} has a zone id; refused")
-    if ":" not in value and not _DOTTED_QUAD.fullmatch(value):
-        raise InvalidAddress(f"srcip {_short(value)} is not a dotted-quad IPv4 or an IPv6 address")
+    if ":" not in value:
+        quad = _PLAIN_QUAD.fullmatch(value)
+        if quad is not None:
+            a, b, c, d = map(int, quad.groups())
+            if (a | b | c | d) < 256:
+                return IPv4((a << 24) | (b << 16) | (c << 8) | d)
+        if not _DOTTED_QUAD.fullmatch(value):
+            raise InvalidAddress(
+                f"srcip {_short(value)} is not a dotted-quad IPv4 or an IPv6 address"
+            )
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
         raise InvalidAddress(f"srcip {_short(value)} is not an IP address") from None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+    if isinstance(addr, ipaddress.IPv6Address):
+        mapped = addr.ipv4_mapped
+        return IPv6(int(addr)) if mapped is None else IPv4(int(mapped))
+    return IPv4(int(addr))
 
 
 def parse_network(value: str) -> IPNetwork:

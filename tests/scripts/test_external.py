@@ -151,7 +151,9 @@ def test_ossec_bad_alert_id_refused_before_anything_runs(
     assert good.alert is not None
     from dataclasses import replace
 
-    bad = replace(good, alert=replace(good.alert, id="1; rm -rf /"))
+    from msgspec import structs
+
+    bad = structs.replace(good, alert=replace(good.alert, id="1; rm -rf /"))
     with pytest.raises(InvalidArgument, match="alert id"):
         responder.add(bad)
     assert not (log_dir / "argv.add").exists()
@@ -274,10 +276,12 @@ def test_wazuh_script_sees_validated_srcip_not_the_raw_alert(
     assert request.alert is not None
     from dataclasses import replace
 
+    from msgspec import structs
+
     # The raw alert carries the attacker's spelling; the target is what validate.parse_ip made.
     raw = dict(request.alert.raw)
     raw["data"] = {"srcip": "::ffff:203.0.113.7", "dstuser": "alice; reboot", "port": "22"}
-    responder.add(replace(request, alert=replace(request.alert, raw=raw)))
+    responder.add(structs.replace(request, alert=replace(request.alert, raw=raw)))
     sent = json.loads((log_dir / "stdin.add").read_text())
     assert sent["parameters"]["alert"]["data"] == {
         "srcip": ATTACKER,
