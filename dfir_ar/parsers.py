@@ -4,9 +4,10 @@ Every byte here is attacker-controlled (an attacker writes the logs the alerts q
 source takes alerts from the network). So each parser either returns an :class:`Alert` or raises a
 :class:`MalformedAlert` whose message says what was wrong; nothing is guessed or "cleaned".
 
-The hot path is one orjson decode (dfir_ar.codec) plus a few exact type checks building a slotted
-dataclass: no pydantic here, because the engine has to keep up with at least 0.3x the plain
-``json.loads`` rate.
+The hot path (alerts.json lines) is one msgspec decode of just the fields dfir-ar reads, a few
+checks and a slotted dataclass, with the whole object kept undecoded (dfir_ar.rawalert); anything
+unusual takes the exact dict path (orjson, dfir_ar.codec). No pydantic here: the engine has to
+keep up with at least 0.3x the plain ``json.loads`` rate.
 
 Refusals::
 
@@ -20,13 +21,17 @@ Refusals::
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import msgspec
+
 from dfir_ar import codec
-from dfir_ar.alert import MANAGER_AGENT_ID, Alert
+from dfir_ar.alert import MANAGER_AGENT_ID, Alert, new_alert
 from dfir_ar.errors import RefusedInput
+from dfir_ar.rawalert import RawAlert
 
 DEFAULT_MAX_ALERT_BYTES = 262_144  # Wazuh frequency rules carry previous_output: alerts get big
 Format = Literal["wazuh", "ossec", "json"]
@@ -166,27 +171,6 @@ def _opt_obj(value: object, what: str) -> Mapping[str, Any]:
 
 
 _EMPTY: dict[str, Any] = {}
-
-# Building the frozen dataclass through its __init__ costs 16 object.__setattr__ calls (2.3 us,
-# a quarter of the parse); setting the slots through their descriptors costs half. Used only
-# while Alert has exactly these fields in this order: any change to alert.py falls back to the
-# ordinary constructor instead of leaving a slot unset.
-_ALERT_FIELDS = (
-    "rule_id", "level", "groups", "id", "timestamp", "description", "agent_id", "agent_name",
-    "agent_ip", "srcip", "srcuser", "dstuser", "filename", "location", "full_log", "raw",
-)
-_FAST_ALERT = tuple(Alert.__dataclass_fields__) == _ALERT_FIELDS
-_SETTERS = tuple(getattr(Alert, name).__set__ for name in _ALERT_FIELDS) if _FAST_ALERT else ()
-
-
-def _new_alert(values: tuple[Any, ...]) -> Alert:
-    """An Alert from values in _ALERT_FIELDS order (already type-checked by the caller)."""
-    if not _FAST_ALERT:
-        return Alert(**dict(zip(_ALERT_FIELDS, values, strict=True)))
-    alert: Alert = object.__new__(Alert)
-    for setter, value in zip(_SETTERS, values, strict=True):
-        setter(alert, value)
-    return alert
 _STR_FIELDS = (
     "id", "timestamp", "rule.description", "agent.name", "agent.ip", "data.srcip",
     "data.srcuser", "data.dstuser", "data.filename", "location", "full_log",
@@ -256,10 +240,10 @@ def alert_from_wazuh(obj: object) -> Alert:
     if filename is None and "syscheck" in obj:
         syscheck = _opt_obj(obj["syscheck"], "syscheck")
         filename = _opt_str(syscheck.get("path"), "syscheck.path")
-    return _new_alert((
+    return new_alert(
         rule_id, level, groups, alert_id, timestamp, description or "", agent_id, name or "",
         agent_ip, srcip, srcuser, dstuser, filename, location or "", full_log or "", obj,
-    ))
+    )
 
 
 # Plain JSON: a flat object a webhook or script can write by hand.
@@ -322,9 +306,197 @@ def _fields(alert: Alert) -> dict[str, Any]:
     return {name: getattr(alert, name) for name in Alert.__dataclass_fields__ if name != "raw"}
 
 
+# --- alerts.json lines: typed decoding ------------------------------------------------------
+#
+# Decoding a whole alert into dicts (orjson) and then picking a dozen fields out of it was most of
+# the parse cost. msgspec decodes just those fields into Structs (type-checked in C) and skips the
+# rest, still checking that the whole line is valid JSON; the object itself is kept as the line
+# (RawAlert) and decoded only if something asks for it.
+#
+# The typed path decides only what it can decide exactly as the dict path (alert_from_wazuh over
+# codec.loads) would: it either builds the same Alert or steps aside, and the dict path then
+# accepts or refuses with its own message. It steps aside for every refusal (so each message
+# names the field as before), for rare shapes the Structs do not describe (groups as a string, a
+# non-object syscheck next to data.filename) and for what msgspec accepts but codec.loads
+# refuses, since RawAlert decodes the same bytes with codec.loads later:
+#
+# - bytes that are not UTF-8 inside skipped values (msgspec checks only the strings it decodes),
+# - numbers beyond a double (orjson refuses 1e999; msgspec's skipping does not look at values),
+# - nesting deeper than orjson's 1,024 levels (msgspec's limit is the recursion limit).
+#
+# Checked too, and the same in both: NaN/Infinity, lone surrogate escapes, control characters,
+# a BOM, trailing garbage (refused); duplicate keys (the last wins), escaped key names.
+
+
+class _Rule(msgspec.Struct, gc=False):
+    id: str | int
+    level: int
+    groups: tuple[str, ...] | None = None
+    description: str | None = None
+
+
+class _Agent(msgspec.Struct, gc=False):
+    id: str | None = None
+    name: str | None = None
+    ip: str | None = None
+
+
+class _Data(msgspec.Struct, gc=False):
+    srcip: str | None = None
+    srcuser: str | None = None
+    dstuser: str | None = None
+    filename: str | None = None
+
+
+class _Syscheck(msgspec.Struct, gc=False):
+    path: str | None = None
+
+
+class _WazuhAlert(msgspec.Struct, gc=False):
+    rule: _Rule
+    agent: _Agent | None = None
+    data: _Data | None = None
+    syscheck: _Syscheck | None = None
+    id: str | None = None
+    timestamp: str | None = None
+    location: str | None = None
+    full_log: str | None = None
+
+
+_DECODE = msgspec.json.Decoder(_WazuhAlert).decode
+
+# A number beyond a double (~1.8e308) has an exponent of three or more digits, or at least 210
+# integer digits (209 digits times 1e99 stays below). In a copy of the line with each digit and
+# sign as "0", e/E as "e" and all else blank, that shows as "e000" or a run of 210 "0"s (a run
+# that long covers two neighbouring bytes of every 105th). Text that looks alike ("e-1234", a
+# hex hash "...e123...") only sends the line the exact, slower way.
+_NUMBER_SHAPES = bytes(
+    0x30 if c in b"0123456789+-" else 0x65 if c in b"eE" else 0x20 for c in range(256)
+)
+_DIGIT_RUN = b"0" * 210
+_ORJSON_MAX_DEPTH = 1024
+
+
+def _nests_deeper_than_orjson() -> bool:
+    """Can msgspec decode nesting orjson refuses, at the recursion limit set now?"""
+    deep = _ORJSON_MAX_DEPTH + 1
+    try:
+        msgspec.json.decode(b'{"x":' + b"[" * deep + b"]" * deep + b"}", type=_WazuhAlert)
+    except msgspec.ValidationError:
+        return True  # got past the nesting to the missing rule
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True
+
+
+# Python 3.11 bounds msgspec's nesting by the recursion limit (1,000 unless raised); later
+# versions by a C limit of their own. The bracket count runs only where the probe (or a raised
+# limit) says msgspec could go deeper, and only for lines long enough to hold 1,025 levels.
+_MSGSPEC_NESTS_DEEPER = _nests_deeper_than_orjson()
+
+
+def _too_deep_for_orjson(line: bytes) -> bool:
+    """Might the line nest deeper than codec.loads allows, where msgspec would follow it? Checked
+    before decoding: with a raised recursion limit msgspec would also recurse that deep in C."""
+    return (
+        len(line) > 2 * _ORJSON_MAX_DEPTH
+        and (_MSGSPEC_NESTS_DEEPER or sys.getrecursionlimit() > _ORJSON_MAX_DEPTH)
+        and line.count(b"[") + line.count(b"{") > _ORJSON_MAX_DEPTH
+    )
+
+
+def _number_beyond_orjson(line: bytes) -> bool:
+    """Might the line hold a number codec.loads refuses? Never False when it does."""
+    shapes = line.translate(_NUMBER_SHAPES)
+    return b"e000" in shapes or (b"00" in shapes[104::105] and _DIGIT_RUN in shapes)
+
+
+# Valid rule ids (as written) and agent ids seen, so the common case is one set or dict lookup
+# instead of a regex and int(). Bounded: hostile input could name a new id on every line.
+_SEEN_MAX = 4096
+_RULE_IDS: dict[str, int] = {}
+_AGENT_IDS: set[str] = set()
+
+
+def _typed_wazuh(line: bytes) -> Alert | None:
+    """The Alert alert_from_wazuh(codec.loads(line)) would build, or None to let that decide."""
+    if not line.isascii():
+        try:
+            line.decode("utf-8")  # msgspec checks only the strings it decodes
+        except UnicodeDecodeError:
+            return None
+    if _too_deep_for_orjson(line):
+        return None
+    try:
+        alert = _DECODE(line)
+    except (ValueError, RecursionError):  # msgspec's errors and UnicodeDecodeError are ValueErrors
+        return None
+    rule = alert.rule
+    rid = rule.id
+    if isinstance(rid, str):
+        rule_id = _RULE_IDS.get(rid)
+        if rule_id is None:
+            if len(rid) > _MAX_RULE_ID_DIGITS or not rid.isascii() or not rid.isdigit():
+                return None
+            rule_id = int(rid)
+            if len(_RULE_IDS) >= _SEEN_MAX:
+                _RULE_IDS.clear()
+            _RULE_IDS[rid] = rule_id
+    elif 0 <= rid < 10**_MAX_RULE_ID_DIGITS:
+        rule_id = rid
+    else:
+        return None
+    level = rule.level
+    if not 0 <= level <= MAX_LEVEL:
+        return None
+    groups = rule.groups
+    if groups is None:
+        groups = ()
+    elif len(groups) > MAX_GROUPS:
+        return None
+    else:
+        for g in groups:
+            if not g or "," in g:
+                return None
+    agent = alert.agent
+    if agent is None:
+        agent_id, agent_name, agent_ip = MANAGER_AGENT_ID, "", None
+    else:
+        agent_id = agent.id  # type: ignore[assignment]  # checked next
+        if agent_id not in _AGENT_IDS:
+            if agent_id is None or not AGENT_ID.fullmatch(agent_id):
+                return None
+            if len(_AGENT_IDS) >= _SEEN_MAX:
+                _AGENT_IDS.clear()
+            _AGENT_IDS.add(agent_id)
+        agent_name, agent_ip = agent.name or "", agent.ip
+    if _number_beyond_orjson(line):
+        return None
+    data = alert.data
+    if data is None:
+        srcip = srcuser = dstuser = filename = None
+    else:
+        srcip, srcuser, dstuser, filename = data.srcip, data.srcuser, data.dstuser, data.filename
+    if filename is None and alert.syscheck is not None:
+        filename = alert.syscheck.path
+    return new_alert(
+        rule_id, level, groups, alert.id, alert.timestamp, rule.description or "", agent_id,
+        agent_name, agent_ip, srcip, srcuser, dstuser, filename, alert.location or "",
+        alert.full_log or "", RawAlert(line),
+    )
+
+
+def _dict_wazuh(obj: object, line: bytes) -> Alert:
+    """alert_from_wazuh, with the object kept as a RawAlert of its line like the typed path's."""
+    alert = alert_from_wazuh(obj)
+    return replace(alert, raw=RawAlert(line, alert.raw))  # type: ignore[arg-type]  # a dict
+
+
 def parse_wazuh_line(line: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> Alert:
-    """One line of Wazuh's alerts.json."""
-    return alert_from_wazuh(_parse_json(line, max_bytes))
+    """One line of Wazuh's alerts.json; ``raw`` is a RawAlert of the line."""
+    if len(line) > max_bytes:
+        raise OversizedAlert(f"alert is {len(line)} bytes; the limit is {max_bytes}")
+    return _typed_wazuh(line) or _dict_wazuh(_parse_json(line, max_bytes), line)
 
 
 def parse_plain_json(data: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> Alert:
@@ -334,9 +506,15 @@ def parse_plain_json(data: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> A
 
 def parse_json_alert(data: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> Alert:
     """A JSON alert of either shape: Wazuh's (has a ``rule`` object) or plain (has ``rule_id``)."""
+    if len(data) > max_bytes:
+        raise OversizedAlert(f"alert is {len(data)} bytes; the limit is {max_bytes}")
+    # Only an object with a "rule" object gets past the typed path: the same choice as below.
+    alert = _typed_wazuh(data)
+    if alert is not None:
+        return alert
     obj = _parse_json(data, max_bytes)
     if isinstance(obj, dict) and "rule" in obj:
-        return alert_from_wazuh(obj)
+        return _dict_wazuh(obj, data)
     if isinstance(obj, dict) and "rule_id" in obj:
         return alert_from_plain(obj)
     raise MalformedAlert(

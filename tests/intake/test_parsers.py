@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import FrozenInstanceError
 
+import orjson
 import pytest
 
-from dfir_ar.alert import Alert
+from dfir_ar.alert import Alert, new_alert
 from dfir_ar.errors import RefusedInput
 from dfir_ar.parsers import (
     MalformedAlert,
@@ -12,6 +15,7 @@ from dfir_ar.parsers import (
     OssecBlockParser,
     OversizedAlert,
     UnknownFormat,
+    alert_from_wazuh,
     detect_format,
     excerpt,
     parse_json_alert,
@@ -19,6 +23,7 @@ from dfir_ar.parsers import (
     parse_plain_json,
     parse_wazuh_line,
 )
+from dfir_ar.rawalert import RawAlert
 from dfir_ar.sources.base import Rejected
 from dfir_ar.sources.reader import RecordReader
 
@@ -130,6 +135,9 @@ def test_auto_json_picks_the_shape() -> None:
         parse_json_alert(b'{"x": 1}')
 
 
+_GOOD = b'{"rule": {"id": "5712", "level": 10}, "data": {"srcip": "198.51.100.6"}'
+
+
 @pytest.mark.parametrize(
     ("data", "error", "message"),
     [
@@ -150,12 +158,107 @@ def test_auto_json_picks_the_shape() -> None:
         (b'{"rule": {"id": "5712", "level": 10}, "data": []}', MalformedAlert, "data: expected an object"),
         (b"[1]", MalformedAlert, "alert: expected a JSON object"),
         (b'{"rule": {"id": "9' + b"9" * 5000 + b'", "level": 1}}', MalformedAlert, "not a rule number"),
+        # What msgspec's typed decoding alone would let through (it skips fields it does not
+        # read) is refused as before, with the same message.
+        (_GOOD + b', "x": "\xff"}', NotUtf8, r"byte 79 is not UTF-8 \(0xff\)"),
+        (_GOOD + b', "\xc0\xaf": 1}', NotUtf8, r"\(0xc0\)"),  # overlong, in a key
+        (_GOOD + b', "x": "\xed\xa0\x80"}', NotUtf8, r"\(0xed\)"),  # an encoded surrogate
+        (_GOOD + b', "x": [1,,2]}', MalformedAlert, "not valid JSON"),
+        (_GOOD + b', "x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", MalformedAlert, "nested too deeply"),
+        (_GOOD + b', "x": ' + b'{"a": ' * 1100 + b"1" + b"}" * 1101, MalformedAlert, "nested too deeply"),
+        (_GOOD + b', "x": NaN}', MalformedAlert, "not valid JSON"),
+        (_GOOD + b', "x": 1e999}', MalformedAlert, "number is infinity"),
+        (_GOOD + b', "x": [-1E+400]}', MalformedAlert, "number is infinity"),
+        (_GOOD + b', "x": ' + b"9" * 400 + b"}", MalformedAlert, "number is infinity"),
+        (_GOOD + b', "x": "\\ud800"}', MalformedAlert, "not valid JSON"),  # a lone surrogate
+        (b"\xef\xbb\xbf" + _GOOD + b"}", MalformedAlert, "not valid JSON"),  # a BOM
+        (_GOOD + b"} trailing", MalformedAlert, "not valid JSON"),
+        (_GOOD + b"}{}", MalformedAlert, "not valid JSON"),
+        (b'{"rule": {"id": "5712", "level": ' + b"1" * 30 + b"}}", MalformedAlert, "rule.level"),
+        (b'{"rule": {"id": 18446744073709551616, "level": 1}}', MalformedAlert, "rule.id"),
+        (b'{"rule": {"id": "5712", "level": 10}, "data": {"srcip": "a"}, "data": []}', MalformedAlert,
+         "data: expected an object"),  # duplicate keys: the last one counts
     ],
 )
 def test_bad_wazuh_input_is_refused_with_a_reason(data: bytes, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message) as info:
         parse_wazuh_line(data)
     assert isinstance(info.value, RefusedInput)
+
+
+def test_nesting_msgspec_would_follow_is_refused_at_a_raised_recursion_limit() -> None:
+    """With the limit raised, msgspec's decoding follows 1,100 levels; orjson (which decodes the
+    raw alert later) refuses past 1,024, so the line is refused, as it always was."""
+    line = _GOOD + b', "x": ' + b"[" * 1100 + b"]" * 1100 + b"}"
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        with pytest.raises(MalformedAlert, match="nested too deeply"):
+            parse_wazuh_line(line)
+        with pytest.raises(MalformedAlert, match="nested too deeply"):
+            parse_wazuh_line(_GOOD + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 1 << 20)
+        assert parse_wazuh_line(_GOOD + b', "x": ' + b"[" * 900 + b"]" * 900 + b"}").srcip
+    finally:
+        sys.setrecursionlimit(old)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # duplicate keys: the last wins, in the fields read and in the raw alert alike
+        _GOOD + b', "data": {"srcip": "203.0.113.9"}}',
+        b'{"r\\u0075le": {"id": "5712", "level": 10}, "data": {"\\u0073rcip": "198.51.100.6"}}',
+        _GOOD + b', "x": [1e308, -0, 0.5e-999, ' + b"9" * 300 + b"]}",  # big, not too big
+        _GOOD + b', "x": "\\u00e9\\n"}',
+        b'{"rule": {"id": 5712, "level": 0, "groups": "syslog,sshd,"}}',  # groups as a string
+        b'{"rule": {"id": "5712", "level": 1}, "data": {"filename": "/a"}, "syscheck": 5}',
+        b'{"rule": {"id": "5712", "level": 1}, "syscheck": {"path": "/etc/passwd"}}',
+        b'{"rule": {"id": "5712", "level": 1}, "agent": {"id": "007", "ip": null}, "data": null}',
+        '{"rule": {"id": "5712", "level": 1}, "full_log": "caf\u00e9 \u2028 \u0085 \u2029"}'.encode(),
+        b' {"rule":\r\n {"id": "5712", "level": 1},\t"location": "x"}\r',
+    ],
+)
+def test_alerts_the_typed_path_and_the_dict_path_both_accept(line: bytes) -> None:
+    """The Alert is the one alert_from_wazuh builds from orjson's dict, and the lazy raw alert
+    equals that dict; its bytes are one JSON line no line splitter can cut."""
+    alert = parse_wazuh_line(line)
+    reference = alert_from_wazuh(orjson.loads(line))
+    assert alert == reference
+    assert isinstance(alert.raw, RawAlert)
+    assert alert.raw == orjson.loads(line) == reference.raw
+    assert alert.to_wazuh() == orjson.loads(line)
+    text = alert.raw.json
+    assert orjson.loads(text) == orjson.loads(line)
+    assert len(text.decode().splitlines()) == 1 and b"\r" not in text and b"\n" not in text
+    assert not any(ch in text.decode() for ch in "\x85\u2028\u2029")
+    assert parse_json_alert(line) == alert
+
+
+def test_the_raw_alert_is_decoded_only_when_read() -> None:
+    raw = RawAlert(b'{"rule": not json yet')
+    assert raw and raw.json == b'{"rule": not json yet'  # built and embedded without decoding
+    with pytest.raises(ValueError, match="line 1 column"):
+        raw["rule"]
+    line = wazuh_line()
+    alert = parse_wazuh_line(line)
+    assert isinstance(alert.raw, RawAlert)
+    assert alert.raw.decoded() is alert.raw.decoded()  # decoded once
+    copy = alert.to_wazuh()
+    copy["rule"] = "changed"
+    assert alert.raw["rule"]["id"] == "5712" and dict(alert.raw) == json.loads(line)
+    assert sorted(alert.raw) == sorted(alert.raw.keys()) == sorted(json.loads(line))
+    assert alert.raw != RawAlert(wazuh_line(n=1)) and alert.raw == RawAlert(line + b"  ")
+
+
+def test_new_alert_builds_what_the_constructor_builds() -> None:
+    values = (7, 3, ("a",), "i", "t", "d", "a1", "n", "ip", "s", "su", "du", "f", "l", "fl", {"r": 1})
+    fast = new_alert(*values)  # type: ignore[arg-type]
+    slow = Alert(*values)  # type: ignore[arg-type]
+    assert type(fast) is Alert and fast == slow and repr(fast) == repr(slow)
+    assert [getattr(fast, f) for f in Alert.__dataclass_fields__] == list(values)
+    with pytest.raises(FrozenInstanceError):
+        fast.level = 4  # type: ignore[misc]
+    assert hash(fast) == hash(slow)
 
 
 def test_detect_format() -> None:

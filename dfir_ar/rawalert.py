@@ -1,0 +1,101 @@
+"""An alerts.json object kept as the line it came in, decoded only when something reads it.
+
+The engine reads a dozen fields of each alert (decoded straight into typed fields by
+dfir_ar.parsers); the whole object is needed only when a Wazuh-protocol script is handed the
+alert, and even then the executor can embed the original text instead of decoding and encoding
+it again. Keeping the line (~0.6 KiB) instead of a dict tree also costs a tenth of the memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from typing import Any
+
+from dfir_ar import codec
+
+# The UTF-8 encodings of the three non-control characters str.splitlines breaks on, and their
+# JSON escapes (the same as dfir_ar.codec writes).
+_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+
+
+def one_line(text: bytes) -> bytes:
+    """Valid JSON text as one line that no line-splitting reader can cut: CR and LF can only be
+    whitespace between tokens (JSON refuses control characters inside strings), so they become
+    spaces; U+0085, U+2028 and U+2029 can only be inside strings, so they become escapes."""
+    if b"\n" in text or b"\r" in text:
+        text = text.replace(b"\r", b" ").replace(b"\n", b" ")
+    if not text.isascii() and (b"\xc2\x85" in text or b"\xe2\x80" in text):
+        for raw, escaped in _BREAKS:
+            text = text.replace(raw, escaped)
+    return text.strip()
+
+
+class RawAlert(Mapping[str, Any]):
+    """A read-only mapping over one alerts.json object, decoded (``codec.loads``) on first read.
+
+    Build it only from bytes already known to be one non-empty JSON object that ``codec.loads``
+    accepts (dfir_ar.parsers checks that before it builds an Alert).
+    """
+
+    __slots__ = ("_json", "_line", "_obj")
+
+    def __init__(self, line: bytes, obj: dict[str, Any] | None = None) -> None:
+        self._line = line
+        self._json: bytes | None = None
+        self._obj = obj
+
+    @property
+    def json(self) -> bytes:
+        """The object's JSON text, as received, on one line: safe to embed verbatim in a JSON
+        log record (no CR, LF, U+0085, U+2028 or U+2029; see :func:`one_line`)."""
+        text = self._json
+        if text is None:
+            text = self._json = one_line(self._line)
+        return text
+
+    def decoded(self) -> dict[str, Any]:
+        """The decoded object (shared, decoded once: do not modify it)."""
+        obj = self._obj
+        if obj is None:
+            obj = self._obj = codec.loads(self._line)
+        return obj
+
+    def __getitem__(self, key: str) -> Any:
+        return self.decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.decoded())
+
+    def __len__(self) -> int:
+        return len(self.decoded())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.decoded()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.decoded().get(key, default)
+
+    def keys(self) -> KeysView[str]:
+        return self.decoded().keys()
+
+    def items(self) -> ItemsView[str, Any]:
+        return self.decoded().items()
+
+    def values(self) -> ValuesView[Any]:
+        return self.decoded().values()
+
+    def __bool__(self) -> bool:
+        # An alerts.json object always has its rule: no need to decode to know it is not empty.
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RawAlert):
+            return self._line == other._line or self.decoded() == other.decoded()
+        if isinstance(other, Mapping):
+            return self.decoded() == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # a mapping, unhashable like dict
+
+    def __repr__(self) -> str:
+        return f"RawAlert({self.json[:200]!r}{'...' if len(self.json) > 200 else ''})"
