@@ -1,12 +1,12 @@
 """Memory collector: process dumps as ELF core files, and a physical image in LiME format.
 
-Decision: each image is zstd-compressed *here* (level -1, 8 MiB frames in parallel), as it is
-read, into ``artifacts/memory/<pid>.core.zst`` / ``physical.lime.zst`` (media type
-application/zstd), rather than left to the bundle's own compression. Reason: the bundle stages
-artifacts on disk before it seals, so a raw 8 GB dump would need 8 GB of spool; the byte cap
-then also counts what is really kept. The manifest's SHA-256 is over the .zst bytes, hashed
-while written. ``zstd -d`` gives the core for ``gdb -c`` / ``readelf``, and the LiME file for
-Volatility 3.
+Decision: each image is zstd-compressed *here* (level -1, independent frames compressed on every
+core: memory_frames.py for process cores, _Zstd for the physical image), as it is read, into
+``artifacts/memory/<pid>.core.zst`` / ``physical.lime.zst`` (media type application/zstd),
+rather than left to the bundle's own compression. Reason: the bundle stages artifacts on disk
+before it seals, so a raw 8 GB dump would need 8 GB of spool; the byte cap then also counts what
+is really kept. The manifest's SHA-256 is over the .zst bytes, hashed while written. ``zstd -d``
+gives the core for ``gdb -c`` / ``readelf``, and the LiME file for Volatility 3.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from collectors import memory_frames
 from dfir_ar import elfcore, lime
 from dfir_ar.collector import (
     ArtifactSink,
@@ -85,10 +86,11 @@ def pids_talking_to(srcip: IPAddress) -> list[int]:
 
 
 class _Zstd:
-    """zstd-compress into an artifact writer as bytes arrive; one writer thread hashes and stores.
+    """zstd-compress into an artifact writer as bytes arrive; one writer thread hashes and stores
+    (the physical image; process cores go through memory_frames, which also reads in parallel).
 
-    ``workers`` <= 1: one frame, compressed on the caller's thread (the thread that reads
-    /proc/PID/mem). ``workers`` > 1: the input is cut into FRAME-sized pieces, each compressed
+    ``workers`` <= 1: one frame, compressed on the caller's thread (the thread that reads the
+    source). ``workers`` > 1: the input is cut into FRAME-sized pieces, each compressed
     as an independent frame (with its content checksum) by a small pool, and the frames are
     stored in order; concatenated frames are one valid zstd stream (``zstd -d`` and every
     library read them as one). Why: per GiB here reading costs ~0.35 CPU-s, zstd level 1 ~0.4,
@@ -283,7 +285,7 @@ class MemorySettings(BaseModel):
     # 0.32, level 3 5.1 for 0.29. Capture speed first: the process changes while it is read.
     """zstd level of the stored images (-1: fast; raise it to trade CPU for smaller dumps)."""
     compress_workers: int = Field(default=2, ge=1, le=64)
-    """Threads compressing 8 MiB frames in parallel (1: one frame, on the reading thread)."""
+    """Threads reading and compressing a dump in parallel (1: all on the collecting thread)."""
 
 
 class Memory(Collector):
@@ -495,28 +497,25 @@ class Memory(Collector):
         if disk_note:
             self.context.log.warning("memory: pid %d: %s", pid, disk_note)
         stopped = ""
-        report: elfcore.DumpReport | None = None
+        report = elfcore.DumpReport(pid=pid, layout=layout)
 
         def progress(done: int, total: int) -> None:
             frac = (index + done / max(total, 1)) / count
             job.progress(f"pid {pid}: {done // MiB}/{total // MiB} MiB", frac)
 
-        with sink.artifact(f"{pid}.core.zst", ZSTD_MEDIA) as writer:
-            z = _Zstd(writer, self._settings.zstd_level, self._settings.compress_workers)
+        with elfcore.ProcessMemory(pid) as mem, sink.artifact(
+            f"{pid}.core.zst", ZSTD_MEDIA
+        ) as writer:
             try:
-                report = elfcore.dump_core(
-                    pid, z.write, max_bytes=cap, should_stop=should_stop, progress=progress,
-                    info=info, maps=maps, resident=resident, sparse=sparse, lender=z,
+                memory_frames.dump(
+                    mem, report, writer, level=self._settings.zstd_level,
+                    workers=self._settings.compress_workers, should_stop=should_stop,
+                    progress=progress,
                 )
                 stopped = report.stopped
-                z.close()
             except ByteCapReached as exc:
                 stopped = "byte cap reached"
                 self.context.log.warning("memory: pid %d: %s", pid, exc)
-            finally:
-                with contextlib.suppress(ByteCapReached):
-                    z.close()
-            raw = z.raw
             stored = writer.size
         omitted = [
             {"start": hex(s.start), "end": hex(s.end), "perms": s.map.perms,
@@ -533,13 +532,13 @@ class Memory(Collector):
             "core_size": layout.size,
             "core_size_uncapped": full.size,
             "frozen": was_frozen,
-            "written": raw,
-            "complete": bool(report and report.complete) and not stopped,
+            "written": report.written,
+            "complete": report.complete and not stopped,
             "stopped": stopped,
             "omitted": omitted,
             "unreadable": [
                 {"start": hex(a), "end": hex(b), "error": e}
-                for a, b, e in (report.unreadable if report else [])
+                for a, b, e in report.unreadable
             ],
         }
         with contextlib.suppress(ByteCapReached), sink.artifact(
@@ -573,7 +572,7 @@ class Memory(Collector):
             z = _Zstd(writer, s.zstd_level, s.compress_workers)
             try:
                 report = lime.acquire(
-                    z.write, plan,
+                    z.write, plan, lender=z,
                     max_bytes=sink.bytes_remaining, should_stop=should_stop,
                     progress=lambda d, t: job.progress(
                         f"physical: {d // MiB}/{t // MiB} MiB", d / max(t, 1)

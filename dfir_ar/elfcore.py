@@ -25,17 +25,24 @@ arena with 100 MiB in use costs 100 MiB. Shared anonymous mappings are read whol
 may live in shmem without being mapped here).
 Pages that fail to read at dump time (EIO, e.g. a file mapping past its file's end) are written as
 zeros and reported, so every offset in the headers stays true.
+
+Bytes are read with process_vm_readv(2) where it works (ProcessMemory): it copies straight from
+the target's pages into our buffer, where a read of /proc/PID/mem copies every page twice (into a
+kernel page, then out to us): 0.22 against 0.34 CPU-s/GiB here.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import platform
+import select
 import struct
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from dfir_ar.errors import ExecutionError
 
@@ -68,7 +75,9 @@ _SPECIAL = frozenset({"[vvar]", "[vvar_vclock]", "[vsyscall]"})
 # /dev mappings that are ordinary memory, not device registers.
 _DEV_OK = ("/dev/zero", "/dev/shm/")
 
-READ_CHUNK = 4 << 20
+READ_CHUNK = 1 << 20
+"""Bytes per read when no lender sets the size: 1 MiB stays in a core's L2 cache, so the copy
+that follows (compressor, hash) reads it from cache (8 MiB chunks cost 0.1 CPU-s/GiB more)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,66 +548,152 @@ class DumpReport:
 
 
 Writer = Callable[[memoryview], object]
+Hole = tuple[int, int, str]
+"""(start, end, error): an unreadable range written as zeros."""
 
 
-class BufferSink(Protocol):
-    """A consumer that lends read buffers and takes them back full, so bytes read from
-    /proc/PID/mem are never copied before they are compressed (a memcpy of every byte costs
-    as much CPU as the read itself)."""
-
-    def buffer(self) -> bytearray: ...
-
-    def write_owned(self, buf: bytearray, n: int) -> None:
-        """Take ``buf[:n]``; the sink owns ``buf`` from now on."""
-        ...
+def core_chunks(layout: CoreLayout, chunk: int = READ_CHUNK) -> list[tuple[int, int]]:
+    """(address, size) of every read the core's data needs, in file order: each kept segment
+    cut into ``chunk``-sized pieces, so the file is header + these pieces back to back."""
+    out: list[tuple[int, int]] = []
+    for seg in layout.segments:
+        end = seg.start + seg.filesz
+        out += [(pos, min(chunk, end - pos)) for pos in range(seg.start, end, chunk)]
+    return out
 
 
-class _ProcessGone(Exception):
+def merge_holes(holes: Iterable[Hole]) -> list[Hole]:
+    """Join adjacent holes with the same error (pieces read apart report them apart)."""
+    out: list[Hole] = []
+    for lo, hi, why in holes:
+        if out and out[-1][1] == lo and out[-1][2] == why:
+            out[-1] = (out[-1][0], hi, why)
+        else:
+            out.append((lo, hi, why))
+    return out
+
+
+class ProcessGone(Exception):
     """The process exited while it was being dumped."""
 
 
-def _read_range(
-    fd: int, start: int, size: int, buf: bytearray, write: Writer, report: DumpReport,
-    page_size: int, lender: BufferSink | None = None,
-) -> None:
-    """Copy [start, start+size) from /proc/PID/mem to ``write``; zero-fill what cannot be read."""
-    pos = start
-    end = start + size
-    while pos < end:
-        if lender is not None:
-            buf = lender.buffer()
-        view = memoryview(buf)
-        want = min(len(buf), end - pos)
-        err: OSError | None = None
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def _process_vm_readv() -> Callable[..., int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).process_vm_readv
+    except (AttributeError, OSError):
+        return None
+    iov = ctypes.POINTER(_IoVec)
+    fn.argtypes = [ctypes.c_int, iov, ctypes.c_ulong, iov, ctypes.c_ulong, ctypes.c_ulong]
+    fn.restype = ctypes.c_ssize_t
+    read: Callable[..., int] = fn
+    return read
+
+
+_VM_READV = _process_vm_readv()
+_ZEROS = bytes(PAGE_SIZE)
+
+
+class ProcessMemory:
+    """Reads ranges of one process's memory; ``fill`` may run on several threads at once.
+
+    process_vm_readv first (one copy; ctypes drops the GIL for the call). It names the process
+    by pid, so the pidfd taken at open is polled after every such read: once the process has
+    exited (before its pid can be reused) the read raises ProcessGone and its bytes are never
+    used. What it cannot read is read through /proc/PID/mem (bound to the process at open);
+    what that cannot read either is zero-filled page by page and reported. ENOSYS/EPERM turn
+    process_vm_readv off for good (seccomp, old kernels); ``fast=False`` never uses it.
+    """
+
+    def __init__(self, pid: int, *, fast: bool = True) -> None:
+        self.pid = pid
         try:
-            got = os.preadv(fd, [view[:want]], pos)
-        except OSError as exc:
-            got = 0
-            err = exc
-        if got > 0:
-            if lender is not None:
-                lender.write_owned(buf, got)
+            self._fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ProcessLookupError(pid) from None
+        self._fast = fast and _VM_READV is not None
+        self._pidfd = -1
+        self._polls = threading.local()  # a poll object must not be shared between threads
+        if self._fast:
+            try:
+                self._pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                os.close(self._fd)
+                raise
+            except OSError:
+                self._fast = False
+
+    def close(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> ProcessMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _exited(self) -> bool:
+        poll: select.poll | None = getattr(self._polls, "poll", None)
+        if poll is None:
+            poll = self._polls.poll = select.poll()
+            poll.register(self._pidfd, select.POLLIN)
+        return bool(poll.poll(0))
+
+    def _vm_read(self, buf: bytearray, off: int, n: int, addr: int) -> int:
+        """process_vm_readv of ``n`` bytes at ``addr`` into ``buf[off:]``; 0 when it failed."""
+        assert _VM_READV is not None
+        target = (ctypes.c_char * n).from_buffer(buf, off)
+        local, remote = _IoVec(ctypes.addressof(target), n), _IoVec(addr, n)
+        got = _VM_READV(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        del target  # drop the buffer export at once
+        if self._exited():
+            raise ProcessGone
+        if got < 0:
+            if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):
+                self._fast = False
+            return 0
+        return got
+
+    def fill(self, addr: int, size: int, buf: bytearray) -> list[Hole]:
+        """Put [addr, addr+size) into ``buf[:size]``, zeros where unreadable; the holes."""
+        view = memoryview(buf)
+        holes: list[Hole] = []
+        off = 0
+        while off < size:
+            pos, want = addr + off, size - off
+            got = self._vm_read(buf, off, want, pos) if self._fast else 0
+            err: OSError | None = None
+            if got <= 0:
+                try:
+                    got = os.preadv(self._fd, [view[off:size]], pos)
+                except OSError as exc:
+                    got, err = 0, exc
+            if got > 0:
+                off += got
+                continue
+            # A hole (EIO on a page past a file's end, or a mapping torn down meanwhile): zero
+            # one page and go on, so the rest is still captured at its true offset.
+            step = min(PAGE_SIZE - pos % PAGE_SIZE, want)
+            why = errno.errorcode.get(err.errno, str(err)) if err and err.errno else "short read"
+            if holes and holes[-1][1] == pos and holes[-1][2] == why:
+                holes[-1] = (holes[-1][0], pos + step, why)
             else:
-                write(view[:got])
-            report.written += got
-            pos += got
-            continue
-        # A hole (EIO on a page past a file's end, or a mapping torn down meanwhile): zero one
-        # page and move on, so the rest of the mapping is still captured at its true offset.
-        step = min(page_size - (pos % page_size), end - pos)
-        reason = errno.errorcode.get(err.errno, str(err)) if err and err.errno else "short read"
-        last = report.unreadable[-1] if report.unreadable else None
-        if last is not None and last[1] == pos and last[2] == reason:
-            report.unreadable[-1] = (last[0], pos + step, reason)
-        else:
-            # A new hole: if the process is gone, every later read fails too; stop instead of
-            # zero-filling the rest page by page.
-            if not os.path.exists(f"/proc/{report.pid}"):
-                raise _ProcessGone
-            report.unreadable.append((pos, pos + step, reason))
-        write(memoryview(bytes(step)))
-        report.written += step
-        pos += step
+                # A new hole: if the process is gone, every later read fails too; stop instead
+                # of zero-filling the rest page by page.
+                if not os.path.exists(f"/proc/{self.pid}"):
+                    raise ProcessGone
+                holes.append((pos, pos + step, why))
+            view[off : off + step] = _ZEROS[:step]
+            off += step
+        return holes
 
 
 def dump_core(
@@ -613,11 +708,10 @@ def dump_core(
     maps: Sequence[MemoryMap] | None = None,
     resident: Mapping[int, int] | None = None,
     sparse: Mapping[int, Sequence[tuple[int, int, bool]]] | None = None,
-    lender: BufferSink | None = None,
+    fast: bool = True,
 ) -> DumpReport:
-    """Stream ``pid``'s core file into ``write``. ``should_stop`` returns a reason to stop or ''.
-    With ``lender``, data is read into its buffers and handed over whole (headers and
-    zero-filled holes still go through ``write``, in file order).
+    """Stream ``pid``'s core file into ``write``, on this thread. ``should_stop`` returns a
+    reason to stop or ''. (collectors/memory.py runs the same reads on several threads.)
 
     Raises ProcessLookupError if the process is gone before the dump starts and PermissionError
     if /proc/PID/mem cannot be opened (needs root or CAP_SYS_PTRACE).
@@ -630,40 +724,25 @@ def dump_core(
         sparse = read_sparse(pid, maps, resident)
     layout = plan_core(info, maps, max_bytes=max_bytes, resident=resident, sparse=sparse)
     report = DumpReport(pid=pid, layout=layout)
-    try:
-        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ProcessLookupError(pid) from None
-    try:
+    with ProcessMemory(pid, fast=fast) as mem:
         write(memoryview(layout.header))
         report.written = len(layout.header)
         buf = bytearray(chunk)
-        total = layout.size
-        for seg in layout.segments:
-            if not seg.filesz:
-                continue
+        holes: list[Hole] = []
+        for addr, size in core_chunks(layout, chunk):
             reason = should_stop()
             if reason:
                 report.stopped = reason
-                return report
-            # Read in slices so a deadline is honoured inside a large mapping too.
-            pos = seg.start
-            end = seg.start + seg.filesz
-            while pos < end:
-                step = min(64 * chunk, end - pos)
-                try:
-                    _read_range(fd, pos, step, buf, write, report, PAGE_SIZE, lender)
-                except _ProcessGone:
-                    report.stopped = "process exited during the dump"
-                    return report
-                pos += step
-                progress(report.written, total)
-                if pos < end:
-                    reason = should_stop()
-                    if reason:
-                        report.stopped = reason
-                        return report
-        report.complete = True
+                break
+            try:
+                holes += mem.fill(addr, size, buf)
+            except ProcessGone:
+                report.stopped = "process exited during the dump"
+                break
+            write(memoryview(buf)[:size])
+            report.written += size
+            progress(report.written, layout.size)
+        else:
+            report.complete = True
+        report.unreadable = merge_holes(holes)
         return report
-    finally:
-        os.close(fd)
