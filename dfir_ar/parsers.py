@@ -367,12 +367,13 @@ _DECODE = msgspec.json.Decoder(_WazuhAlert).decode
 
 # A number beyond a double (~1.8e308) has an exponent of three or more digits, or at least 210
 # integer digits (209 digits times 1e99 stays below). In a copy of the line with each digit and
-# sign as "0", e/E as "e" and all else blank, that shows as "e000" or a run of 210 "0"s (a run
-# that long covers two neighbouring bytes of every 105th). Text that looks alike ("e-1234", a
-# hex hash "...e123...") only sends the line the exact, slower way.
+# sign as "0", e/E as "e" and all else blank, that shows as "e000" or a run of 210 "0"s. Text
+# that looks alike ("e-1234", a hex hash "...e123...") only sends the line the exact, slower way.
+# (re finds the literal faster than bytes.__contains__ here: ~0.3 against ~0.5 us a line.)
 _NUMBER_SHAPES = bytes(
     0x30 if c in b"0123456789+-" else 0x65 if c in b"eE" else 0x20 for c in range(256)
 )
+_BIG_EXPONENT = re.compile(rb"e000").search
 _DIGIT_RUN = b"0" * 210
 _ORJSON_MAX_DEPTH = 1024
 
@@ -397,18 +398,11 @@ _MSGSPEC_NESTS_DEEPER = _nests_deeper_than_orjson()
 
 def _too_deep_for_orjson(line: bytes) -> bool:
     """Might the line nest deeper than codec.loads allows, where msgspec would follow it? Checked
-    before decoding: with a raised recursion limit msgspec would also recurse that deep in C."""
+    before decoding: with a raised recursion limit msgspec would also recurse that deep in C.
+    (Called only for lines long enough to hold 1,025 levels.)"""
     return (
-        len(line) > 2 * _ORJSON_MAX_DEPTH
-        and (_MSGSPEC_NESTS_DEEPER or sys.getrecursionlimit() > _ORJSON_MAX_DEPTH)
-        and line.count(b"[") + line.count(b"{") > _ORJSON_MAX_DEPTH
-    )
-
-
-def _number_beyond_orjson(line: bytes) -> bool:
-    """Might the line hold a number codec.loads refuses? Never False when it does."""
-    shapes = line.translate(_NUMBER_SHAPES)
-    return b"e000" in shapes or (b"00" in shapes[104::105] and _DIGIT_RUN in shapes)
+        _MSGSPEC_NESTS_DEEPER or sys.getrecursionlimit() > _ORJSON_MAX_DEPTH
+    ) and line.count(b"[") + line.count(b"{") > _ORJSON_MAX_DEPTH
 
 
 # Valid rule ids (as written) and agent ids seen, so the common case is one set or dict lookup
@@ -425,7 +419,11 @@ def _typed_wazuh(line: bytes) -> Alert | None:
             line.decode("utf-8")  # msgspec checks only the strings it decodes
         except UnicodeDecodeError:
             return None
-    if _too_deep_for_orjson(line):
+    if len(line) > 2 * _ORJSON_MAX_DEPTH and _too_deep_for_orjson(line):
+        return None
+    # Might the line hold a number codec.loads refuses? (See _NUMBER_SHAPES.)
+    shapes = line.translate(_NUMBER_SHAPES)
+    if _BIG_EXPONENT(shapes) or _DIGIT_RUN in shapes:
         return None
     try:
         alert = _DECODE(line)
@@ -470,8 +468,6 @@ def _typed_wazuh(line: bytes) -> Alert | None:
                 _AGENT_IDS.clear()
             _AGENT_IDS.add(agent_id)
         agent_name, agent_ip = agent.name or "", agent.ip
-    if _number_beyond_orjson(line):
-        return None
     data = alert.data
     if data is None:
         srcip = srcuser = dstuser = filename = None
