@@ -150,6 +150,15 @@ class ActiveResponseLog:
     def write(self, now: float, executable: str, *messages: str) -> None:
         self._file.append(self.encode(now, executable, *messages))
 
+    @staticmethod
+    def encode_lines(now: float, executable: str, messages: tuple[bytes, ...]) -> bytes:
+        """``encode`` for messages that are UTF-8 already, each one line (JSON text from
+        dfir_ar.codec or a RawAlert): no decode and re-encode of an alert-sized line."""
+        stamp = f"{wazuh_timestamp(now)} active-response/bin/{executable}: ".encode(
+            "utf-8", "backslashreplace"
+        )
+        return b"".join([stamp + m + b"\n" for m in messages])
+
     def write_bytes(self, data: bytes) -> None:
         """Append lines made by ``encode`` (one write(2): whole lines never interleave)."""
         if data:
@@ -185,7 +194,7 @@ class AuditRecord(msgspec.Struct, frozen=True, gc=False):
     details: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-_AUDIT_FIELDS = AuditRecord.__struct_fields__
+_AUDIT_ENCODER = msgspec.json.Encoder(order="sorted", enc_hook=str)
 
 
 class AuditLog:
@@ -198,10 +207,13 @@ class AuditLog:
 
     @staticmethod
     def encode(record: AuditRecord) -> bytes:
-        """One record as its JSON line, for callers that gather a batch into one write."""
-        # Not dataclasses.asdict: it deep-copies, and this runs once per execution.
-        fields = {name: getattr(record, name) for name in _AUDIT_FIELDS}
-        return codec.dumpb(fields, sort_keys=True) + b"\n"
+        """One record as its JSON line (keys sorted), for callers that gather a batch into one
+        write. Encoded straight from the Struct (this runs once per execution); an error text
+        that is not valid UTF-8 takes the general path."""
+        try:
+            return codec.line_safe(_AUDIT_ENCODER.encode(record)) + b"\n"
+        except (UnicodeEncodeError, TypeError):
+            return codec.dumpb(msgspec.structs.asdict(record), sort_keys=True) + b"\n"
 
     def write(self, record: AuditRecord) -> None:
         self._file.append(self.encode(record))

@@ -41,7 +41,13 @@ def dumpb(obj: Any, *, sort_keys: bool = False) -> bytes:
         out = orjson.dumps(obj, default=str, option=_SORTED if sort_keys else _OPTIONS)
     except (TypeError, orjson.JSONEncodeError):
         return json.dumps(obj, separators=(",", ":"), default=str, sort_keys=sort_keys).encode()
-    if b"\xc2\x85" in out or b"\xe2\x80" in out:
+    return line_safe(out)
+
+
+def line_safe(out: bytes) -> bytes:
+    """``out`` (compact JSON) with U+0085, U+2028 and U+2029 escaped: they only occur inside
+    strings, where the escape means the same character."""
+    if not out.isascii() and (b"\xc2\x85" in out or b"\xe2\x80" in out):
         for raw, escaped in _BREAKS:
             out = out.replace(raw, escaped)
     return out

@@ -53,13 +53,14 @@ from dfir_ar.errors import DeadlineExceeded, DfirArError, PluginUnavailable, Ref
 from dfir_ar.escalation import next_offence
 from dfir_ar.ledger import APPLIED, Entry, GroupCommitter, Ledger, Tx
 from dfir_ar.order import Order
+from dfir_ar.rails import RateLimiter, WhiteList, active_cap_allows, host_protected_networks
+from dfir_ar.rawalert import RawAlert
 from dfir_ar.registry import Registry, load_registry
 from dfir_ar.responder import LiveEntry, Request, Responder, ResponderContext, Target
 from dfir_ar.timeouts import TimeoutTable, wait_seconds
 from dfir_ar.validate import IPNetwork
 
 if TYPE_CHECKING:
-    from dfir_ar.rails import RateLimiter
     from dfir_ar.sources.base import Cursor
 
 log = logging.getLogger("dfir_ar.executor")
@@ -213,8 +214,6 @@ class Executor:
         self.ledger = ledger
         self.clock = clock or SystemClock()
         self.protected = tuple(protected)
-        from dfir_ar.rails import WhiteList
-
         self._white = WhiteList(self.protected)
         g = config.global_
         self.ar_log = ar_log or ActiveResponseLog(g.log_dir)
@@ -229,6 +228,8 @@ class Executor:
         self._collect_pool = ThreadPoolExecutor(
             max_workers=g.workers, thread_name_prefix="dfir-ar-collect"
         )
+        # By name: looked up twice per order (config.command_named walks the list).
+        self._commands = {c.name: c for c in config.command}
         self._plugins: dict[str, type[Responder]] = {}
         self._responders: dict[str, Responder] = {}
         self._resolve_lock = threading.Lock()
@@ -244,7 +245,7 @@ class Executor:
         # Moving average of each command's add duration: decides how a batch is spread.
         self._add_cost: dict[str, float] = {}
         # The constant text around the alert in the Wazuh input-JSON log line (_log_start).
-        self._start_frames: dict[tuple[str, str, tuple[str, ...]], tuple[str, str]] = {}
+        self._start_frames: dict[tuple[str, str, tuple[str, ...]], tuple[bytes, bytes]] = {}
         self._expiry: dict[Ident, float] = {}
         self._active_lock = threading.Lock()
         self._delete_failures: Counter[Ident] = Counter()
@@ -273,7 +274,7 @@ class Executor:
         return self._registry
 
     def command(self, name: str) -> CommandConfig:
-        cmd = self.config.command_named(name)
+        cmd = self._commands.get(name)
         if cmd is None:
             known = ", ".join(c.name for c in self.config.command) or "none"
             raise Refused(f"no [[command]] named {name!r} in the config (configured: {known})")
@@ -350,11 +351,13 @@ class Executor:
         tickets: list[Ticket] = [Ticket() for _ in orders]
         orders = list(orders)
 
+        keys = self._keys(orders)
+
         def record(tx: Tx) -> list[_Plan]:
             now = self.clock.now()
             plans = []
-            for order, ticket in zip(orders, tickets, strict=True):
-                plan = self._prepare(tx, order, now)
+            for order, ticket, key in zip(orders, tickets, keys, strict=True):
+                plan = self._prepare(tx, order, now, key)
                 plan.ticket = ticket
                 plans.append(plan)
             if cursor is not None:
@@ -373,27 +376,33 @@ class Executor:
         if wait:
             self._committer.submit(record, run).result()
         else:
-            self._committer.post(record, run, prefetch=self._lookups(orders))
+            pairs = [(order.command, key) for order, key in zip(orders, keys, strict=True) if key]
+            self._committer.post(record, run, prefetch=pairs or None)
         return tickets
 
-    def _lookups(self, orders: Sequence[Order]) -> list[tuple[str, str]] | None:
-        """The (command, key) pairs recording ``orders`` will look up, worked out here (in the
-        caller's thread) so the writer reads a whole batch's in one statement. Best effort: an
-        order that fails here is looked up (or refused) the ordinary way."""
-        pairs: list[tuple[str, str]] = []
+    def _keys(self, orders: Sequence[Order]) -> list[str | None]:
+        """Each order's dedup key (None for a collection, or when it cannot be worked out),
+        computed here, in the caller's thread: the writer then reads a whole batch's ledger rows
+        in one statement and does not compute the keys again. Best effort: an order that fails
+        here is keyed (or refused) the ordinary way in _prepare."""
+        keys: list[str | None] = []
         for order in orders:
+            key = None
             try:
                 cmd = self.command(order.command)
-                if self.is_collector(cmd):
-                    continue
-                responder = self.responder(cmd)
-                timeout = order.timeout if responder.supports_timeout else None
-                if timeout is not None and timeout <= 0:
-                    timeout = None
-                pairs.append((cmd.name, responder.key(self._request(order, cmd, timeout))))
-            except Exception:  # noqa: BLE001, S112 - _prepare reports it properly
-                continue
-        return pairs or None
+                if not self.is_collector(cmd):
+                    responder = self.responder(cmd)
+                    key = responder.key(self._request(order, cmd, self._timeout(responder, order)))
+            except Exception:  # noqa: BLE001 - _prepare reports it properly
+                key = None
+            keys.append(key)
+        return keys
+
+    @staticmethod
+    def _timeout(responder: Responder, order: Order) -> float | None:
+        """The first-offence timeout an order asks of ``responder`` (None: no undo)."""
+        timeout = order.timeout if responder.supports_timeout else None
+        return None if timeout is not None and timeout <= 0 else timeout
 
     def flush(self) -> None:
         """Wait until every accepted order is committed (and its execution started)."""
@@ -402,12 +411,12 @@ class Executor:
     def _refuse(self, order: Order, reason: str, key: str | None = None) -> _Plan:
         return _Plan(kind="refused", order=order, reason=reason, key=key)
 
-    def _prepare(self, tx: Tx, order: Order, now: float) -> _Plan:
+    def _prepare(self, tx: Tx, order: Order, now: float, key: str | None = None) -> _Plan:
         try:
             cmd = self.command(order.command)
             if self.is_collector(cmd):
                 return self._prepare_collect(tx, order, cmd, now)
-            return self._prepare_response(tx, order, cmd, now)
+            return self._prepare_response(tx, order, cmd, now, key)
         except DfirArError as exc:
             return self._refuse(order, str(exc))
 
@@ -418,7 +427,9 @@ class Executor:
         tx.add_job(order.id, cmd.name, request, now)
         return _Plan(kind="collect", order=order, command=cmd, request=request)
 
-    def _prepare_response(self, tx: Tx, order: Order, cmd: CommandConfig, now: float) -> _Plan:
+    def _prepare_response(
+        self, tx: Tx, order: Order, cmd: CommandConfig, now: float, key: str | None = None
+    ) -> _Plan:
         responder = self.responder(cmd)
         hit = None
         if order.target.srcip is not None and self._white.contains(order.target.srcip):
@@ -431,10 +442,9 @@ class Executor:
         for arg in responder.expects:
             if getattr(order.target, arg.value, None) is None:
                 return self._refuse(order, f"{cmd.name} needs {arg.value}; the order has none")
-        timeout = order.timeout if responder.supports_timeout else None
-        if timeout is not None and timeout <= 0:
-            timeout = None
-        key = responder.key(self._request(order, cmd, timeout))
+        timeout = self._timeout(responder, order)
+        if key is None:
+            key = responder.key(self._request(order, cmd, timeout))
         window = self.config.global_.offender_window
         existing, previous, last = tx.lookup(cmd.name, key)
         # While an entry exists it carries the offender counter; the offenders table gets it when
@@ -463,8 +473,6 @@ class Executor:
                 kind="refresh", order=order, command=cmd, request=request, key=key,
                 expires_at=expires, timeout=offence.timeout, offences=offence.count,
             )
-        from dfir_ar.rails import active_cap_allows
-
         cap = self.config.global_.max_active_responses
         with self._active_lock:
             active = self._active
@@ -499,8 +507,6 @@ class Executor:
     def _rate_allows(self, cmd: CommandConfig) -> bool:
         if cmd.max_per_minute is None:
             return True
-        from dfir_ar.rails import RateLimiter
-
         limiter = self._limiters.get(cmd.name)
         if limiter is None:
             limiter = self._limiters[cmd.name] = RateLimiter(cmd.max_per_minute)
@@ -709,27 +715,41 @@ class Executor:
 
     def _log_start(self, cmd: CommandConfig, action: str, request: Request) -> None:
         alert = request.alert
-        if alert is not None and alert.raw and isinstance(alert.raw, dict):
-            # The same text codec.dumps(wazuh_message(...)) gives (tests compare), without
-            # copying the alert into a new dict tree first: this runs for every alert.
-            parts = (action, cmd.executable, request.extra_args)
-            frame = self._start_frames.get(parts)
-            if frame is None:
-                frame = self._start_frames[parts] = (
-                    f'{{"version":1,"origin":{{"name":{_dumps(self._node)},'
-                    f'"module":"wazuh-execd"}},"command":{_dumps(action)},"parameters":'
-                    f'{{"extra_args":{_dumps(list(request.extra_args))},"alert":',
-                    f',"program":{_dumps("active-response/bin/" + cmd.executable)}}}}}',
-                )
-                if len(self._start_frames) > 1024:  # extra_args vary: keep it bounded
-                    self._start_frames.clear()
-            text = frame[0] + _dumps(alert.raw) + frame[1]
-        else:
+        raw = None if alert is None else alert.raw
+        body: bytes | None = None
+        if isinstance(raw, RawAlert):
+            # The alerts.json line as received (one line, line-safe): no decode, no encode.
+            body = raw.json
+        elif raw and isinstance(raw, dict):
+            body = codec.dumpb(raw)
+        now = self.clock.now()
+        if body is None:
             msg = wazuh_message(
                 action, cmd.executable, self._alert_dict(request), request.extra_args, self._node
             )
-            text = _dumps(msg)
-        self._write_ar(self.clock.now(), cmd.executable, "Starting", text)
+            self._write_ar(now, cmd.executable, "Starting", _dumps(msg))
+            return
+        # The same JSON wazuh_message(...) gives (tests compare), built around the alert's text
+        # instead of copying the alert into a new dict tree: this runs for every alert.
+        parts = (action, cmd.executable, request.extra_args)
+        frame = self._start_frames.get(parts)
+        if frame is None:
+            frame = self._start_frames[parts] = (
+                f'{{"version":1,"origin":{{"name":{_dumps(self._node)},'
+                f'"module":"wazuh-execd"}},"command":{_dumps(action)},"parameters":'
+                f'{{"extra_args":{_dumps(list(request.extra_args))},"alert":'.encode(),
+                f',"program":{_dumps("active-response/bin/" + cmd.executable)}}}}}'.encode(),
+            )
+            if len(self._start_frames) > 1024:  # extra_args vary: keep it bounded
+                self._start_frames.clear()
+        data = self.ar_log.encode_lines(
+            now, cmd.executable, (b"Starting", frame[0] + body + frame[1])
+        )
+        batch = self._batch()
+        if batch is None:
+            self.ar_log.write_bytes(data)
+        else:
+            batch.ar.append(data)
 
     def _audit(self, plan: _Plan, result: Result, exit_status: int | None = None) -> None:
         target = plan.order.target
@@ -1342,7 +1362,6 @@ def _hostname() -> str:
 
 def protected_networks(config: Config) -> list[IPNetwork]:
     """Config white list plus the host's own addresses, loopback and gateways (seam A rails)."""
-    from dfir_ar.rails import host_protected_networks
     from dfir_ar.validate import parse_network
 
     g = config.global_

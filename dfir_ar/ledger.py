@@ -100,9 +100,14 @@ _ALERT_FIELDS = (
 
 
 def alert_to_dict(alert: Alert) -> dict[str, Any]:
-    out: dict[str, Any] = {name: getattr(alert, name) for name in _ALERT_FIELDS}
-    out["groups"] = list(alert.groups)
-    return out
+    # Spelled out (the _ALERT_FIELDS keys, in order), not a getattr loop: once per alert.
+    return {
+        "rule_id": alert.rule_id, "level": alert.level, "groups": list(alert.groups),
+        "id": alert.id, "timestamp": alert.timestamp, "description": alert.description,
+        "agent_id": alert.agent_id, "agent_name": alert.agent_name, "agent_ip": alert.agent_ip,
+        "srcip": alert.srcip, "srcuser": alert.srcuser, "dstuser": alert.dstuser,
+        "filename": alert.filename, "location": alert.location,
+    }
 
 
 def alert_from_dict(data: Mapping[str, Any]) -> Alert:

@@ -76,11 +76,18 @@ def not_a_host(ip: IPAddress) -> str | None:
     """Why ``ip`` cannot be one attacker's address, or None. Blocking ``0.0.0.0`` or ``::`` means
     "everything" to some backends (``ip route add blackhole 0.0.0.0`` is the default route), and
     multicast or broadcast sources are forged by definition."""
-    if ip.is_unspecified:
+    if ip.version == 4:
+        # Integer tests (this runs for every new srcip): 0.0.0.0, 224.0.0.0/4, 255.255.255.255.
+        value = int(ip)
+        unspecified, multicast = value == 0, value >> 28 == 0xE
+        broadcast = value == 0xFFFFFFFF
+    else:
+        unspecified, multicast, broadcast = ip.is_unspecified, ip.is_multicast, False
+    if unspecified:
         return f"srcip {ip} is the unspecified address; not a host to contain"
-    if ip.is_multicast:
+    if multicast:
         return f"srcip {ip} is a multicast address; not a host to contain"
-    if ip.version == 4 and int(ip) == 0xFFFFFFFF:
+    if broadcast:
         return f"srcip {ip} is the broadcast address; not a host to contain"
     return None
 

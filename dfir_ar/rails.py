@@ -37,8 +37,11 @@ class WhiteList:
 
     def contains(self, ip: IPAddress) -> bool:
         value = int(ip)
-        table = self._v4 if ip.version == 4 else self._v6
-        return any(value & mask in prefixes for mask, prefixes in table)
+        # A loop, not any(<generator>): this runs twice per alert (intake and executor).
+        for mask, prefixes in self._v4 if ip.version == 4 else self._v6:  # noqa: SIM110
+            if value & mask in prefixes:
+                return True
+        return False
 
     def covering(self, ip: IPAddress) -> IPNetwork | None:
         """The first entry that covers ``ip`` (for a refusal message)."""

@@ -177,7 +177,7 @@ class Service:
 
     def _run_source(self, source: AlertSource) -> None:
         try:
-            source.run(self.handle, self.stop_event)
+            source.run(_Intake(self), self.stop_event)
         except Exception as exc:  # noqa: BLE001 - any failure stops serve, loudly
             # The source stops rather than skip an alert it could not record; serve stops too
             # so a supervisor restarts it and the cursor resumes at the unrecorded alert.
@@ -213,33 +213,40 @@ class Service:
 
     def handle(self, item: Alert | Rejected, cursor: Cursor | None) -> None:
         """One alert (or rejected record) from a source, with the cursor just after it."""
+        self.handle_many([item], cursor)
+
+    def handle_many(self, items: Sequence[Alert | Rejected], cursor: Cursor | None) -> None:
+        """The records of one read, in order, with the cursor just after the last: their orders
+        and the cursor are recorded in one ledger transaction (all or none), so a batch costs
+        one hand-off to the ledger writer instead of one per alert."""
         assert self.executor is not None and self.ledger is not None
-        if not isinstance(item, Alert):
-            self.counters["rejected"] += 1
-            log.warning("rejected alert record: %s: %s", item.reason, item.excerpt)
-            if cursor is not None:
-                # Through the executor's committer, in order behind the alerts read before it:
-                # a cursor written directly could overtake their intents.
-                self.executor.accept([], cursor=cursor)
-            return
-        self.counters["alerts"] += 1
-        with self._decide_lock:
-            decisions = self.pipeline.decide(item, self.clock.now())
         orders: list[Order] = []
-        for d in decisions:
-            if d.order is None:
-                self.counters["refused"] += 1
-                log.warning(
-                    "alert %s (rule %s, srcip %r): %s not run: %s",
-                    item.id, item.rule_id, item.srcip, d.command or "response", d.refused,
-                )
-                _audit_refusal(self.audit, self.clock.now(), item, d.command, d.refused or "")
-                continue
-            if not self._runs_here(d.order):
-                continue
-            orders.append(d.order)
+        now = self.clock.now()
+        with self._decide_lock:
+            for item in items:
+                if not isinstance(item, Alert):
+                    self.counters["rejected"] += 1
+                    log.warning("rejected alert record: %s: %s", item.reason, item.excerpt)
+                    continue
+                self.counters["alerts"] += 1
+                for d in self.pipeline.decide(item, now):
+                    if d.order is None:
+                        self.counters["refused"] += 1
+                        log.warning(
+                            "alert %s (rule %s, srcip %r): %s not run: %s",
+                            item.id, item.rule_id, item.srcip, d.command or "response",
+                            d.refused,
+                        )
+                        _audit_refusal(self.audit, now, item, d.command, d.refused or "")
+                        continue
+                    if self._runs_here(d.order):
+                        orders.append(d.order)
         self.counters["orders"] += len(orders)
-        self.executor.accept(orders, cursor=cursor)
+        if orders or cursor is not None:
+            # Even with no order (a rejected record, a refused alert) the cursor goes through
+            # the executor's committer, in order behind the alerts read before it: a cursor
+            # written directly could overtake their intents.
+            self.executor.accept(orders, cursor=cursor)
 
     def _runs_here(self, order: Order) -> bool:
         reason = not_here(order, self.config.global_.agent_id)
@@ -280,6 +287,22 @@ class Service:
             return {"ok": all(r.ok for r in results), "found": len(results),
                     "results": [r.as_dict() for r in results]}
         raise UsageError(f"unknown control operation {op!r}")
+
+
+class _Intake:
+    """The handler serve gives its sources: one record at a time, or a read's records at once
+    (``many``, see dfir_ar.sources.base.BatchHandler)."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def __call__(self, item: Alert | Rejected, cursor: Cursor | None) -> None:
+        self._service.handle_many([item], cursor)
+
+    def many(self, items: Sequence[Alert | Rejected], cursor: Cursor | None) -> None:
+        self._service.handle_many(items, cursor)
 
 
 def _result_response(result: Result) -> dict[str, Any]:

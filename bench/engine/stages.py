@@ -6,7 +6,8 @@ Stages (the real code, called the way serve calls it):
   parse            parsers.parse_wazuh_line (bytes -> Alert)
   decide           Pipeline.decide (matcher, white list, Order with a new id)
   record           Executor._prepare inside Ledger.transaction, 512 alerts per commit: lookup
-                   (batch prefetch), escalation, intent row, cursor; the COMMIT itself
+                   (keys worked out first, batch prefetch), escalation, intent row, cursor; the
+                   COMMIT itself
   execute          Executor._run_chunk, 256 per chunk: responder.add (no-op), Wazuh log lines
                    (Starting + input JSON + Ended), audit record, applied mark, timer
   applied-commit   waiting for the applied marks' commit
@@ -21,8 +22,8 @@ import gc
 import json
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench.engine.run import NoOp, alert_line, config, reset
@@ -66,10 +67,10 @@ def stages(n: int, clock: Callable[[], float] = time.perf_counter) -> dict[str, 
         s = clock()
         for i in range(0, n, 512):
             batch = [o for o in orders[i:i + 512] if o is not None]
-            pairs = ex._lookups(batch) or []
+            keys = ex._keys(batch)
             with ledger.transaction() as tx:
-                tx.prefetch(pairs)
-                plans.extend(ex._prepare(tx, o, now) for o in batch)
+                tx.prefetch([(o.command, k) for o, k in zip(batch, keys, strict=True) if k])
+                plans.extend(ex._prepare(tx, o, now, k) for o, k in zip(batch, keys, strict=True))
                 tx.save_cursor("bench", str(i), now)
         t["record"] = clock() - s
         if any(p.kind != "add" for p in plans):

@@ -29,13 +29,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfir_ar.alert import Alert
 from dfir_ar.parsers import DEFAULT_MAX_ALERT_BYTES, UnknownFormat, detect_format
-from dfir_ar.sources.base import Cursor, CursorStore, Handler
+from dfir_ar.sources.base import Cursor, CursorStore, Handler, Rejected
 from dfir_ar.sources.reader import RecordReader
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+#: Most records handed to a BatchHandler at once (one ledger transaction).
+BATCH = 512
 ROTATED_SEARCH_LIMIT = 20_000
 STOP_CHECK = 0.1
 
@@ -264,6 +267,7 @@ class FileTail:
         """Read what is there now; hand every complete record over. Returns bytes read."""
         total = 0
         name, prefix = self.name, cur.prefix
+        many = getattr(handle, "many", None)
         while not stop.is_set():
             try:
                 data = os.read(cur.fd, CHUNK)
@@ -273,8 +277,19 @@ class FileTail:
                 break
             total += len(data)
             cur.read_pos += len(data)
+            if many is None:
+                for item, end in cur.reader.feed(data):
+                    handle(item, Cursor(name, prefix + str(end)))
+                continue
+            batch: list[Alert | Rejected] = []
+            end = 0
             for item, end in cur.reader.feed(data):
-                handle(item, Cursor(name, prefix + str(end)))
+                batch.append(item)
+                if len(batch) >= BATCH:
+                    many(batch, Cursor(name, prefix + str(end)))
+                    batch = []
+            if batch:
+                many(batch, Cursor(name, prefix + str(end)))
         return total
 
     def _drain_rotated(self, cur: _Open, handle: Handler, stop: threading.Event) -> None:

@@ -11,7 +11,16 @@ import pytest
 from dfir_ar.alert import Alert
 from dfir_ar.errors import StateError
 from dfir_ar.ids import new_id
-from dfir_ar.ledger import APPLIED, INTENT, Ledger, LedgerView, decode_request, encode_request
+from dfir_ar.ledger import (
+    _ALERT_FIELDS,
+    APPLIED,
+    INTENT,
+    Ledger,
+    LedgerView,
+    alert_to_dict,
+    decode_request,
+    encode_request,
+)
 from dfir_ar.responder import Request, Target
 from dfir_ar.sources.base import Cursor
 from dfir_ar.validate import parse_ip
@@ -42,6 +51,9 @@ def test_request_round_trip_keeps_alert_and_args() -> None:
     assert back.alert is not None
     assert (back.alert.id, back.alert.rule_id, back.alert.srcip) == ("1.2", 5712, "203.0.113.7")
     assert back.alert.groups == ("sshd",)
+    # The spelled-out encoder writes exactly the fields the decoder reads back.
+    assert req.alert is not None
+    assert tuple(alert_to_dict(req.alert)) == _ALERT_FIELDS
 
 
 def test_intent_then_applied_and_cursor_in_one_transaction(tmp_path: Path) -> None:
