@@ -100,7 +100,10 @@ def test_every_number_orjson_refuses_sends_the_line_the_exact_way() -> None:
     rnd = random.Random(7)
     refused = 0
     for _ in range(4000):
-        line = b'{"rule": {"id": "5712", "level": 1}, "x": [' + _number(rnd) + b"]}"
+        # every way a number can end: "]", "}", "," and each whitespace before them
+        head, tail = rnd.choice([(b"[", b"]}"), (b"", b"}"), (b"[", b", 1]}"), (b"", b' , "y": 1}'),
+                                 (b"[", b"\t]}"), (b"", b"\r\n}"), (b"{\"a\": ", b"\n}}")])
+        line = b'{"rule": {"id": "5712", "level": 1}, "x": ' + head + _number(rnd) + tail
         try:
             orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -109,4 +112,6 @@ def test_every_number_orjson_refuses_sends_the_line_the_exact_way() -> None:
             with pytest.raises(MalformedAlert, match="number is infinity"):
                 parse_wazuh_line(line)
     assert refused > 500
-    assert parsers._typed_wazuh(wazuh_line()) is not None  # the common case stays on the fast path
+    # The common case stays on the typed path, and so does an alert quoting a hex hash.
+    assert parsers._typed_wazuh(wazuh_line()) is not None
+    assert parsers._typed_wazuh(wazuh_line(md5="9e107d9d372bb6826bd81d3542a419d6", x="3e123")) is not None
