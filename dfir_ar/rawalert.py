@@ -3,7 +3,8 @@
 The engine reads a dozen fields of each alert (decoded straight into typed fields by
 dfir_ar.parsers); the whole object is needed only when a Wazuh-protocol script is handed the
 alert, and even then the executor can embed the original text instead of decoding and encoding
-it again. Keeping the line (~0.6 KiB) instead of a dict tree also costs a tenth of the memory.
+it again. The line (~0.6 KiB for an sshd alert) also takes a fifth of the memory of its dict
+tree (~3 KiB) while alerts wait in queues.
 """
 
 from __future__ import annotations
