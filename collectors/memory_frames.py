@@ -1,15 +1,16 @@
 """A process core as independent zstd frames, read and compressed on every core, stored in order.
 
-Why this shape (per GiB of core, measured here): reading the process costs ~0.22 CPU-s
-(process_vm_readv), zstd -1 ~0.35, SHA-256 and the spool write of the ~1/3 as many compressed
-bytes ~0.3. On one thread that is ~1/3 the speed of a plain read of /proc/PID/mem. Here each of
+Why this shape (per GiB of core, measured here with perf): reading the process costs ~0.25 CPU-s
+(process_vm_readv), zstd -1 ~0.27, SHA-256 and the spool write of the ~1/3 as many compressed
+bytes ~0.2 + 0.1: ~0.95 in all, against ~0.33 for a plain read of /proc/PID/mem. On one thread
+that is a third of a plain read's speed, so the work has to be spread over the cores. Each of
 ``workers`` threads takes the next 1 MiB piece of the core file, reads it into its own buffer and
 compresses it at once, while the bytes are still in that core's cache: a reader thread handing
-8 MiB buffers to compressor threads and a third thread hashing cost 10-40% more CPU (every byte
-crossed cores cold, and the recycled buffers were cold too). Whichever worker finishes the piece
-that is next in file order writes it, and every finished piece after it, through the artifact
-writer (which hashes while it writes). Concatenated frames are one valid zstd stream; each has
-its content checksum.
+buffers to compressor threads and a third thread hashing cost 10-40% more CPU (every byte crossed
+cores cold, and recycled buffers were cold too). Whichever worker finishes the piece that is next
+in file order writes it, and every finished piece after it, through the artifact writer (which
+hashes while it writes). Concatenated frames are one valid zstd stream; each has its content
+checksum.
 """
 
 from __future__ import annotations
