@@ -10,7 +10,9 @@ tree (~3 KiB) while alerts wait in queues.
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from dfir_ar import codec
 
@@ -31,19 +33,27 @@ def one_line(text: bytes) -> bytes:
     return text.strip()
 
 
-class RawAlert(Mapping[str, Any]):
+if TYPE_CHECKING:
+
+    class _MappingStruct(msgspec.Struct, Mapping[str, Any]):
+        """What type checkers see: a Mapping (at run time it is registered as one)."""
+
+else:
+    _MappingStruct = msgspec.Struct
+
+
+class RawAlert(_MappingStruct, gc=False, eq=False):
     """A read-only mapping over one alerts.json object, decoded (``codec.loads``) on first read.
 
     Build it only from bytes already known to be one non-empty JSON object that ``codec.loads``
-    accepts (dfir_ar.parsers checks that before it builds an Alert).
+    accepts (dfir_ar.parsers checks that before it builds an Alert). A msgspec Struct rather than
+    a class of its own: built in C, and never tracked by the garbage collector (it holds only
+    bytes and JSON values, so it cannot be part of a cycle), which the parse stage measured.
     """
 
-    __slots__ = ("_json", "_line", "_obj")
-
-    def __init__(self, line: bytes, obj: dict[str, Any] | None = None) -> None:
-        self._line = line
-        self._json: bytes | None = None
-        self._obj = obj
+    _line: bytes
+    _obj: dict[str, Any] | None = None
+    _json: bytes | None = None
 
     @property
     def json(self) -> bytes:
@@ -100,3 +110,6 @@ class RawAlert(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"RawAlert({self.json[:200]!r}{'...' if len(self.json) > 200 else ''})"
+
+
+Mapping.register(RawAlert)
