@@ -26,6 +26,7 @@ from collectors.yara_work import (
     WorkQueue,
     batches,
 )
+from dfir_ar.clock import FakeClock
 from dfir_ar.collector import CollectJob, CollectorContext, Status
 from dfir_ar.evidence.bundle import BundleWriter
 from dfir_ar.responder import Target
@@ -191,6 +192,31 @@ def test_byte_cap_stops_the_scan_partial_with_a_well_formed_bundle(
     outcome, matches = collect(tmp_path, rules_file, tree, bundle_writer("yara", max_bytes=2000))
     assert outcome.status is Status.PARTIAL and "byte cap reached" in outcome.reason
     assert len(matches) < len(planted)
+
+
+def test_deadline_mid_scan_drops_the_queued_work(
+    tmp_path: Path, rules_file: Path, bundle_writer: Callable[..., BundleWriter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tree = tmp_path / "tree"
+    write_tree(tree, 400)
+    monkeypatch.setattr(yara_scan, "QUEUE_DEPTH", 2)
+    clock = FakeClock()
+    scan = YaraScan(CollectorContext(state_dir=tmp_path / "state",
+                                     settings={"rules": [str(rules_file)]}))
+    job = CollectJob(
+        target=Target(), options=YaraScan.parse_options(["--path", str(tree), "--memory", "none"]),
+        deadline=clock.monotonic() + 60, max_bytes=1 << 30, clock=clock,
+    )
+    # The first progress report comes right after the first batch is queued: time runs out there.
+    job.progress = lambda message, fraction: clock.advance(61)
+    writer = bundle_writer("yara")
+    outcome = scan.collect(job, writer)
+    _, report = seal(writer, outcome)
+    assert report.ok, report.problems
+    assert outcome.status is Status.PARTIAL and "deadline reached" in outcome.reason
+    # At most the batches already taken by the two threads were scanned (64 files each).
+    assert outcome.details["files_scanned"] <= 2 * 64 < 403
 
 
 @pytest.mark.skipif(shutil.which("yara") is None, reason="the yara CLI is not installed")
