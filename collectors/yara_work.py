@@ -1,15 +1,16 @@
 """Work scheduling for the yara collector: small files in batches, the biggest work first.
 
 Why batches: handing libyara one file per pool future cost ~50 us of the collecting thread's CPU
-per file (a Future, a waiter, a wake-up each), which made a tree of small files 3-4x slower than
-``yara -r``. A batch of small files costs one queue hand-off.
+per file (a Future, a waiter, a wake-up each), which made a tree of 10,000 small files ~3x slower
+than ``yara -r -p 2``. A batch of small files costs one queue hand-off.
 
 Why biggest first at the end: the walk is much faster than the scan, so when it ends a long
 queue is still waiting; serving that remainder biggest first leaves only small batches for last
 and the threads finish together (a 64 MiB file picked last keeps one thread busy alone for its
-whole scan). Before that, work goes in walk order, so a deadline cuts the scan in walk order
-rather than after the big files only. Process memory goes before any file: a process can exit,
-files stay.
+whole scan; on the 500 MB bench tree the gap between the two threads' ends went from 5 ms
+median, 13 ms worst, in walk order to 1 ms, 2 ms). Before that, work goes in walk order, so a
+deadline cuts the scan in walk order rather than after the big files only. Process memory goes
+before any file: a process can exit, files stay.
 
 No I/O here: the batching is pure, the queue only hands work from one thread to others.
 """
