@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ from dfir_ar.ledger import (
     _ALERT_FIELDS,
     APPLIED,
     INTENT,
+    LEDGER_FILE,
     Ledger,
     LedgerView,
+    _Checkpointer,
     alert_to_dict,
     decode_request,
     encode_request,
@@ -41,6 +44,34 @@ def test_state_dir_0700_and_wal(tmp_path: Path) -> None:
         assert mode == "wal"
     finally:
         ledger.close()
+
+
+def test_checkpoints_run_beside_the_writer_and_close_folds_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer never checkpoints (no fsync inside a commit); the checkpointer thread copies
+    the WAL into the database while it runs, and close leaves an empty WAL."""
+    monkeypatch.setattr(_Checkpointer, "INTERVAL", 0.05)
+    ledger = Ledger.open(tmp_path)
+    db, wal = tmp_path / LEDGER_FILE, tmp_path / (LEDGER_FILE + "-wal")
+    try:
+        assert ledger._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        start = db.stat().st_size
+        for i in range(300):
+            req = request(f"198.18.1.{i % 250 + 1}" if i < 250 else f"198.18.2.{i - 249}")
+            with ledger.transaction() as tx:
+                tx.insert_intent(command="host-deny", key=f"k{i}", order_id=req.order_id,
+                                 agent_id="000", request=req, now=1.0, expires_at=None,
+                                 offences=1)
+        deadline = time.monotonic() + 10
+        while db.stat().st_size == start and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert db.stat().st_size > start, "no checkpoint copied the WAL into the database"
+    finally:
+        ledger.close()
+    assert not wal.exists() or wal.stat().st_size == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 300
 
 
 def test_request_round_trip_keeps_alert_and_args() -> None:
