@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from dfir_ar.alert import Alert
 from dfir_ar.sources import build_sources, file_source_name
+from dfir_ar.sources.base import Cursor, Rejected
 from dfir_ar.sources.tail import FilePosition, FileTail
 
 from .conftest import EXAMPLES, JsonCursorStore, Recorder, Running, make_config, wazuh_line
@@ -305,3 +306,42 @@ def test_build_sources_from_config_and_extra_paths(tmp_path: Path) -> None:
     os.chdir(tmp_path)
     with pytest.raises(ConfigError, match="already followed"):
         build_sources(make_config(), store, [Path("x.json"), tmp_path / "x.json"])
+
+
+class BatchRecorder(Recorder):
+    """A BatchHandler: records each ``many`` call's size and cursor, as serve's intake does."""
+
+    def __init__(self, store: JsonCursorStore) -> None:
+        super().__init__(store)
+        self.batches: list[tuple[int, str]] = []
+
+    def many(self, items: Sequence[Alert | Rejected], cursor: Cursor | None) -> None:
+        with self.lock:
+            self.items.extend(items)
+            assert cursor is not None and self.store is not None
+            self.batches.append((len(items), cursor.position))
+            self.store.save(cursor)
+
+
+def test_a_batch_handler_gets_a_reads_records_at_once_with_the_last_cursor(
+    tmp_path: Path, run_source: Start
+) -> None:
+    from dfir_ar.sources.tail import BATCH
+
+    path = tmp_path / "alerts.json"
+    lines = [wazuh_line(n=n) for n in range(BATCH * 2 + 100)]
+    path.write_bytes(b"".join(lines))
+    rec = BatchRecorder(JsonCursorStore(tmp_path / "cursors.json"))
+    source = tail(path, rec.store, start_at="beginning")  # type: ignore[arg-type]
+    running = run_source(source, rec)
+    rec.wait_for(len(lines))
+    running.stop()
+    assert ids(rec) == [f"1795334410.{n}" for n in range(len(lines))]
+    assert [size for size, _ in rec.batches] == [BATCH, BATCH, 100]  # one read, capped batches
+    # Each batch's cursor is the offset just after its last record, so a restart after any
+    # batch resumes exactly there.
+    ends = [sum(len(line) for line in lines[: BATCH * (i + 1)]) for i in range(2)] + [
+        sum(map(len, lines))
+    ]
+    assert [int(pos.rsplit(":", 1)[1]) for _, pos in rec.batches] == ends
+    assert rec.cursors == []  # the per-record path was not used
