@@ -17,6 +17,7 @@ No I/O here: the batching is pure, the queue only hands work from one thread to 
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -117,13 +118,15 @@ class WorkQueue:
             self._not_full.notify_all()
             return dropped
 
-    def get(self) -> Work | None:
-        """The next work, waiting for it; None once closed and empty."""
+    def get(self, timeout: float | None = None) -> Work | None:
+        """The next work, waiting for it; None once closed and empty; queue.Empty if none came
+        within ``timeout`` seconds (0: do not wait)."""
         with self._lock:
             while not self._items:
                 if self._closed:
                     return None
-                self._not_empty.wait()
+                if not self._not_empty.wait(timeout):
+                    raise queue.Empty
             work = self._items.popleft()
             self._not_full.notify()
             return work

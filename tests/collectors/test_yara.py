@@ -25,6 +25,7 @@ from dfir_ar.config import load_config
 from dfir_ar.errors import ConfigError
 from dfir_ar.evidence.bundle import BundleWriter
 from dfir_ar.responder import Target
+from tests.collectors.yara_helpers import no_worker_left  # noqa: F401 - autouse
 from tests.conftest import require_root
 from tests.evidence.helpers import read_members, seal
 
@@ -93,10 +94,12 @@ def tree(tmp_path: Path) -> Iterator[Path]:
     yield root
 
 
+@pytest.mark.parametrize("engine", ["yara-x", "libyara"])
 def test_planted_hits_found_and_nothing_outside_the_tree(
-    tmp_path: Path, rules_dir: Path, tree: Path, bundle_writer: Callable[..., BundleWriter]
+    tmp_path: Path, rules_dir: Path, tree: Path, bundle_writer: Callable[..., BundleWriter],
+    engine: str,
 ) -> None:
-    scan = scanner(tmp_path, rules_dir, exclude=["*/skip-me", "*.tmp"], threads=2)
+    scan = scanner(tmp_path, rules_dir, exclude=["*/skip-me", "*.tmp"], threads=2, engine=engine)
     writer = bundle_writer("yara")
     progress: list[str] = []
     job = make_job(["--path", str(tree), "--max-file-mb", "1", "--memory", "none"])
@@ -128,6 +131,7 @@ def test_planted_hits_found_and_nothing_outside_the_tree(
     assert d["skipped_large"] == 1
     assert d["unreadable"] == 0
     assert progress and "files" in progress[-1]
+    assert d["engine"] == engine
 
 
 def test_invalid_rule_is_a_config_error_naming_file_and_line(tmp_path: Path, rules_dir: Path) -> None:
@@ -236,10 +240,12 @@ def test_process_memory_hit_and_vanished_pid(
     assert outcome.details["pids_scanned"] == 1 and outcome.details["pids_vanished"] == 1
 
 
+@pytest.mark.parametrize("engine", ["yara-x", "libyara"])
 def test_cancel_and_deadline_stop_between_files(
-    tmp_path: Path, rules_dir: Path, tree: Path, bundle_writer: Callable[..., BundleWriter]
+    tmp_path: Path, rules_dir: Path, tree: Path, bundle_writer: Callable[..., BundleWriter],
+    engine: str,
 ) -> None:
-    scan = scanner(tmp_path, rules_dir)
+    scan = scanner(tmp_path, rules_dir, engine=engine)
     writer = bundle_writer("yara")
     job = make_job(["--path", str(tree), "--memory", "none"])
     job.cancel = threading.Event()
@@ -255,6 +261,24 @@ def test_cancel_and_deadline_stop_between_files(
     _, report = seal(writer, outcome)
     assert report.ok, report.problems
     assert outcome.status is Status.PARTIAL and "deadline" in outcome.reason
+
+
+def test_yarax_files_and_libyara_memory_in_one_collection(
+    tmp_path: Path, rules_dir: Path, tree: Path, marked_child: subprocess.Popen[bytes],
+    bundle_writer: Callable[..., BundleWriter],
+) -> None:
+    require_root()
+    scan = scanner(tmp_path, rules_dir, engine="yara-x", exclude=["*/skip-me", "*.tmp"])
+    writer = bundle_writer("yara")
+    outcome = scan.collect(make_job(["--path", str(tree / "a"), "--pid", str(marked_child.pid),
+                                     "--memory", "pids"]), writer)
+    result, report = seal(writer, outcome)
+    assert report.ok, report.problems
+    assert outcome.status is Status.OK, outcome.reason
+    assert outcome.details["engine"] == "yara-x" and outcome.details["pids_scanned"] == 1
+    matches = jsonl(read_members(result.path), "matches.jsonl")
+    assert sorted(m["target"]["type"] for m in matches) == ["file", "file", "process"]
+    assert {m["target"].get("pid") for m in matches} == {None, marked_child.pid}
 
 
 def test_nothing_to_scan_and_bad_options_are_clear(tmp_path: Path, rules_dir: Path,

@@ -30,6 +30,7 @@ from dfir_ar.clock import FakeClock
 from dfir_ar.collector import CollectJob, CollectorContext, Status
 from dfir_ar.evidence.bundle import BundleWriter
 from dfir_ar.responder import Target
+from tests.collectors.yara_helpers import no_worker_left  # noqa: F401 - autouse
 from tests.evidence.helpers import read_members, seal
 
 MiB = 1024 * 1024
@@ -154,17 +155,20 @@ def rules_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("engine", ["yara-x", "libyara"])
 def test_read_and_mapped_files_report_the_same_offsets_and_hashes_with_a_full_queue(
     tmp_path: Path, rules_file: Path, bundle_writer: Callable[..., BundleWriter],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, engine: str,
 ) -> None:
     tree = tmp_path / "tree"
     planted = write_tree(tree, 400)
     # Two batches ahead of the threads: the walk has to wait for them over and over.
     monkeypatch.setattr(yara_scan, "QUEUE_DEPTH", 2)
-    outcome, matches = collect(tmp_path, rules_file, tree, bundle_writer("yara"), threads=2)
+    outcome, matches = collect(tmp_path, rules_file, tree, bundle_writer("yara"), threads=2,
+                               engine=engine)
     assert outcome.status is Status.OK, outcome.reason
     d = outcome.details
+    assert d["engine"] == engine
     files = [p for p in tree.rglob("*") if p.is_file()]
     assert d["files_scanned"] == len(files) == 403
     assert d["bytes_scanned"] == sum(p.stat().st_size for p in files)
@@ -194,16 +198,17 @@ def test_byte_cap_stops_the_scan_partial_with_a_well_formed_bundle(
     assert len(matches) < len(planted)
 
 
+@pytest.mark.parametrize("engine", ["yara-x", "libyara"])
 def test_deadline_mid_scan_drops_the_queued_work(
     tmp_path: Path, rules_file: Path, bundle_writer: Callable[..., BundleWriter],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, engine: str,
 ) -> None:
     tree = tmp_path / "tree"
     write_tree(tree, 400)
     monkeypatch.setattr(yara_scan, "QUEUE_DEPTH", 2)
     clock = FakeClock()
     scan = YaraScan(CollectorContext(state_dir=tmp_path / "state",
-                                     settings={"rules": [str(rules_file)]}))
+                                     settings={"rules": [str(rules_file)], "engine": engine}))
     job = CollectJob(
         target=Target(), options=YaraScan.parse_options(["--path", str(tree), "--memory", "none"]),
         deadline=clock.monotonic() + 60, max_bytes=1 << 30, clock=clock,
@@ -215,19 +220,23 @@ def test_deadline_mid_scan_drops_the_queued_work(
     _, report = seal(writer, outcome)
     assert report.ok, report.problems
     assert outcome.status is Status.PARTIAL and "deadline reached" in outcome.reason
-    # At most the batches already taken by the two threads were scanned (64 files each).
+    # At most the batches already taken by the two threads were scanned (64 files each); YARA-X
+    # workers holding batches at the deadline were killed (none left: no_worker_left).
     assert outcome.details["files_scanned"] <= 2 * 64 < 403
+    assert outcome.details["engine"] == engine
 
 
 @pytest.mark.skipif(shutil.which("yara") is None, reason="the yara CLI is not installed")
+@pytest.mark.parametrize("engine", ["yara-x", "libyara"])
 def test_same_findings_as_the_yara_cli(
-    tmp_path: Path, rules_file: Path, bundle_writer: Callable[..., BundleWriter],
+    tmp_path: Path, rules_file: Path, bundle_writer: Callable[..., BundleWriter], engine: str,
 ) -> None:
     tree = tmp_path / "tree"
     write_tree(tree, 300)
     cli = subprocess.run(["yara", "-r", "-p", "2", str(rules_file), str(tree)],
                          capture_output=True, text=True, check=True, timeout=120)
     theirs = {tuple(line.split(" ", 1)) for line in cli.stdout.splitlines()}
-    _, matches = collect(tmp_path, rules_file, tree, bundle_writer("yara"), threads=2)
+    _, matches = collect(tmp_path, rules_file, tree, bundle_writer("yara"), threads=2,
+                         engine=engine)
     ours = {(m["rule"], m["target"]["path"]) for m in matches}
     assert ours == theirs and len(ours) > 10
