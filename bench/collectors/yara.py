@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.collectors.yara            # 500 MB, 5 repetitions each
     .venv/bin/python bench/collectors/yara.py --mb 200 --reps 3
     .venv/bin/python -m bench.collectors.yara --small-files 10000   # per-file cost instead
+    .venv/bin/python -m bench.collectors.yara --engine libyara      # dfir-ar without YARA-X
 
 The tree (mixed file sizes 1 KiB .. 4 MiB, random and text-like content, a few planted hits; or
 with --small-files N, N script-like files of 30 B .. 1.2 KiB) is built under /tmp and removed at
@@ -13,7 +14,11 @@ runs it (it compiles the rule text each run), the CLI on rules precompiled by ya
 the compile's share is visible), then dfir-ar. dfir-ar's time includes writing and sealing the
 bundle; its rules are compiled once per process (as in ``dfir-ar serve``; a fresh
 ``dfir-ar wazuh-ar`` loads them from the disk cache), and the compile and load times are printed
-apart. Prints per-run MB/s, medians and the ratio (target >= 1.2x against the text-rule CLI),
+apart. dfir-ar's file engine is --engine (default auto: YARA-X worker processes when yara-x is
+installed and takes the rules); the engine used is printed, with what a collection of an empty
+directory costs (with YARA-X: starting and reaping the workers, paid by every collection, and
+included in each timed run); dfir-ar's CPU includes its worker processes'.
+Prints per-run MB/s, medians and the ratio (target >= 1.2x against the text-rule CLI),
 and, because the host is shared, how many cores other processes used during each run (from
 /proc/stat) and the medians over the repetitions where both runs had the host to themselves.
 """
@@ -152,15 +157,17 @@ def run_peer(rules: Path, tree: Path, threads: int, compiled: bool = False
 
 def rules_setup_ms(rules: Path, work: Path) -> tuple[float, float]:
     """dfir-ar's one-off cost per process: (compile ms, load-from-disk-cache ms), not timed runs."""
-    from collectors import yara_scan
+    from collectors import yara_scan, yarax_engine
 
     state = work / "setup-state"
     ctx = CollectorContext(state_dir=state, settings={"rules": [str(rules)]})
     yara_scan._compiled.clear()
+    yarax_engine._compiled.clear()
     start = time.perf_counter()
-    YaraScan(ctx)  # compiles and saves to <state>/yara-cache
+    YaraScan(ctx)  # compiles (libyara, and YARA-X when installed) and saves to <state>/yara-cache
     compiled = time.perf_counter() - start
     yara_scan._compiled.clear()
+    yarax_engine._compiled.clear()
     start = time.perf_counter()
     YaraScan(ctx)  # a fresh process: loads the saved rules
     loaded = time.perf_counter() - start
@@ -169,16 +176,17 @@ def rules_setup_ms(rules: Path, work: Path) -> tuple[float, float]:
 
 
 def run_dfir(
-    rules: Path, tree: Path, threads: int, work: Path
+    rules: Path, tree: Path, threads: int, work: Path, engine: str = "auto"
 ) -> tuple[float, float, dict[str, object]]:
-    """(wall seconds, CPU seconds, outcome details) of one collection, bundle sealed."""
+    """(wall seconds, CPU seconds, outcome details) of one collection, bundle sealed. The CPU
+    includes the YARA-X worker processes (reaped children), started and ended in the run."""
     ctx = CollectorContext(
         state_dir=work / "state",
-        settings={"rules": [str(rules)], "threads": threads, "max_file_mb": 64},
+        settings={"rules": [str(rules)], "threads": threads, "max_file_mb": 64, "engine": engine},
     )
     scan = YaraScan(ctx)
     spool = work / "spool"
-    cpu0 = _cpu(resource.RUSAGE_SELF)
+    cpu0 = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     writer = BundleWriter(
         spool, trigger=Trigger(operator="bench"),
@@ -194,10 +202,18 @@ def run_dfir(
     writer.end_collector(outcome)
     result = writer.seal()
     took = time.perf_counter() - start
-    cpu = _cpu(resource.RUSAGE_SELF) - cpu0
+    cpu = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - cpu0
     result.path.unlink()
     result.manifest_path.unlink()
     return took, cpu, dict(outcome.details)
+
+
+def fixed_cost_ms(rules: Path, threads: int, work: Path, engine: str) -> float:
+    """Median wall ms of a collection of an empty directory: what every collection pays whatever
+    it scans (with YARA-X: starting and reaping the worker processes)."""
+    empty = work / "empty"
+    empty.mkdir(exist_ok=True)
+    return statistics.median(run_dfir(rules, empty, threads, work, engine)[0] for _ in range(5)) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead: N small script-like files (per-file cost)")
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions per tool (>= 3)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--engine", default="auto", choices=("auto", "yara-x", "libyara"),
+                    help="dfir-ar's file engine (default auto: YARA-X when it takes the rules)")
     args = ap.parse_args(argv)
     if shutil.which("yara") is None or shutil.which("yarac") is None:
         print("the yara CLI is not installed (apt-get install yara)", file=sys.stderr)
@@ -230,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         # Warm-up (page cache hot for both) and a check that both found the same things.
         _, _, lines = run_peer(rules, tree, args.threads)
         run_peer(compiled, tree, args.threads, compiled=True)
-        _, _, details = run_dfir(rules, tree, args.threads, work)
+        _, _, details = run_dfir(rules, tree, args.threads, work, args.engine)
+        note = f" ({details['engine_note']})" if details.get("engine_note") else ""
+        fixed = fixed_cost_ms(rules, args.threads, work, args.engine)
+        fixed_lib = fixed_cost_ms(rules, args.threads, work, "libyara")
+        print(f"dfir-ar file engine: {details['engine']}{note}; a collection of an empty directory "
+              f"takes {fixed:.1f} ms (libyara: {fixed_lib:.1f} ms)")
         pairs = {tuple(line.split(" ", 1)) for line in lines}
         theirs = (len({p for _, p in pairs}), len(pairs))
         ours = (details["files_matched"], details["matches"])
@@ -247,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(max(3, args.reps)):
             pw, pc, po = timed(lambda: run_peer(rules, tree, args.threads)[:2])
             cw, cc, _ = timed(lambda: run_peer(compiled, tree, args.threads, compiled=True)[:2])
-            ow, oc, oo = timed(lambda: run_dfir(rules, tree, args.threads, work)[:2])
+            ow, oc, oo = timed(lambda: run_dfir(rules, tree, args.threads, work, args.engine)[:2])
             for key, value in zip(keys, (pw, cw, ow, pc, cc, oc), strict=True):
                 rates[key].append(mib / value)
             if po < QUIET and oo < QUIET:
