@@ -213,7 +213,7 @@ class WorkerProcess:
         """The next reply (blocking); WorkerDied if the process ended or sent something else."""
         try:
             frame = read_frame(self._r)
-        except (EOFError, OSError) as exc:
+        except (EOFError, OSError, ValueError) as exc:
             raise WorkerDied(self._exit_text(f"reply cut short ({exc})")) from None
         if frame is None:
             raise WorkerDied(self._exit_text("exited"))

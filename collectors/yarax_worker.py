@@ -28,12 +28,20 @@ LIBYARA_MAX_MATCH_DATA = 512
 _HEADER = struct.Struct("!I")
 
 
-def read_frame(fd: int) -> bytes | None:
-    """One frame's payload; None at a clean EOF before a frame (raises EOFError mid-frame)."""
+#: Largest frame either side accepts: a reply lists at most one batch's matches (each match's
+#: data capped), so a bigger length can only come from a broken or subverted peer.
+MAX_FRAME = 256 * 1024 * 1024
+
+
+def read_frame(fd: int, max_size: int = MAX_FRAME) -> bytes | None:
+    """One frame's payload; None at a clean EOF before a frame (raises EOFError mid-frame and
+    ValueError for a length over ``max_size``, before reading or allocating it)."""
     head = _read_exact(fd, _HEADER.size, eof_ok=True)
     if head is None:
         return None
     (size,) = _HEADER.unpack(head)
+    if size > max_size:
+        raise ValueError(f"frame of {size} bytes; at most {max_size}")
     body = _read_exact(fd, size, eof_ok=False)
     assert body is not None
     return body

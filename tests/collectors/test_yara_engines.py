@@ -319,3 +319,19 @@ def test_replies_are_checked_before_use() -> None:
                 json.dumps({**ok, "results": [[{"type": "file", "path": "/x"}, [], 0, ""]]}).encode()):
         with pytest.raises(ValueError):
             decode_reply(bad)
+
+
+def test_a_reply_frame_longer_than_the_limit_is_refused_before_it_is_read() -> None:
+    """A worker parsed hostile files: the parent never allocates what a frame header claims."""
+    from collectors.yarax_worker import MAX_FRAME, read_frame, write_frame
+
+    r, w = os.pipe()
+    try:
+        write_frame(w, b'{"clean":0}')
+        assert read_frame(r) == b'{"clean":0}'
+        os.write(w, (MAX_FRAME + 1).to_bytes(4, "big"))
+        with pytest.raises(ValueError, match="at most"):
+            read_frame(r)
+    finally:
+        os.close(r)
+        os.close(w)
