@@ -37,6 +37,8 @@ from dfir_ar.sources.reader import RecordReader
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+#: Seconds between attempts to set up the inotify watch while the directory does not exist.
+WATCH_RETRY = 1.0
 #: Most records handed to a BatchHandler at once (one ledger transaction).
 BATCH = 512
 ROTATED_SEARCH_LIMIT = 20_000
@@ -177,6 +179,7 @@ class FileTail:
         self.fmt = fmt
         self.max_alert_bytes = max_alert_bytes
         self.poll_interval = poll_interval
+        self._next_watch = 0.0
         self.start_at = start_at
         self.use_inotify = use_inotify
         self.safety_poll = safety_poll
@@ -332,6 +335,7 @@ class FileTail:
                 if not waited:
                     log.info("%s: waiting for %s to appear", self.name, self.path)
                     waited = True
+                self._retry_watch()
                 if self.waker is not None:
                     self._idle(stop)
                 else:
@@ -371,6 +375,7 @@ class FileTail:
     def _idle(self, stop: threading.Event) -> None:
         """Until inotify says something changed, safety_poll passed, or stop is set (checked
         every STOP_CHECK seconds whatever safety_poll is)."""
+        self._retry_watch()
         if self.waker is None:
             stop.wait(self.poll_interval)
             return
@@ -380,13 +385,26 @@ class FileTail:
             if left <= 0 or self.waker.wait(min(left, STOP_CHECK)):
                 return
 
-    def _watch(self) -> None:
+    def _retry_watch(self) -> None:
+        """Without a watch (its directory did not exist yet, e.g. Wazuh installed after dfir-ar),
+        try again every WATCH_RETRY seconds: once it exists, wait on inotify instead of polling
+        every few milliseconds for the rest of the run."""
+        if self.waker is None and self.use_inotify and time.monotonic() >= self._next_watch:
+            self._next_watch = time.monotonic() + WATCH_RETRY
+            self._watch(quiet=True)
+
+    def _watch(self, *, quiet: bool = False) -> None:
         if not self.use_inotify:
             return
         try:
             self.waker = Inotify(self.path.parent)
         except (OSError, AttributeError) as exc:
-            log.info("%s: no inotify (%s); polling every %g s", self.name, exc, self.poll_interval)
+            if not quiet:
+                log.info("%s: no inotify (%s); polling every %g s until it can watch",
+                         self.name, exc, self.poll_interval)
+        else:
+            if quiet:
+                log.info("%s: watching %s with inotify", self.name, self.path.parent)
 
     def run(self, handle: Handler, stop: threading.Event) -> None:
         # The watch exists before the first read: a write after that read always wakes us.

@@ -345,3 +345,27 @@ def test_a_batch_handler_gets_a_reads_records_at_once_with_the_last_cursor(
     ]
     assert [int(pos.rsplit(":", 1)[1]) for _, pos in rec.batches] == ends
     assert rec.cursors == []  # the per-record path was not used
+
+
+def test_a_directory_created_later_is_watched_with_inotify_not_polled(
+    tmp_path: Path, run_source: Start
+) -> None:
+    """dfir-ar started before Wazuh: no directory to watch yet. Once it exists the tail waits on
+    inotify again (a 2 ms poll for the rest of the run would be a busy loop on every host)."""
+    path = tmp_path / "ossec" / "alerts" / "alerts.json"
+    rec = Recorder(JsonCursorStore(tmp_path / "cursors.json"))
+    source = tail(path, rec.store)  # type: ignore[arg-type]
+    running = run_source(source, rec, wait=False)
+    time.sleep(0.2)
+    assert source.waker is None  # nothing to watch yet
+    path.parent.mkdir(parents=True)
+    deadline = time.monotonic() + 5
+    while source.waker is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert source.waker is not None, "the watch was never set up once the directory existed"
+    append(path, wazuh_line(n=1))
+    rec.wait_for(1)
+    append(path, wazuh_line(n=2))
+    rec.wait_for(2)
+    running.stop()
+    assert ids(rec) == ["1795334410.1", "1795334410.2"]
