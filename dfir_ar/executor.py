@@ -56,7 +56,7 @@ from dfir_ar.order import Order
 from dfir_ar.rails import RateLimiter, WhiteList, active_cap_allows, host_protected_networks
 from dfir_ar.rawalert import RawAlert
 from dfir_ar.registry import Registry, load_registry
-from dfir_ar.responder import LiveEntry, Request, Responder, ResponderContext, Target
+from dfir_ar.responder import LiveEntry, Request, Responder, ResponderContext, State, Target
 from dfir_ar.timeouts import TimeoutTable, wait_seconds
 from dfir_ar.validate import IPNetwork
 
@@ -588,14 +588,21 @@ class Executor:
         batch = _Batch(started=time.monotonic())
         self._tls.batch = batch
         try:
-            for plan in plans:
+            for group in self._groups(plans):
                 try:
-                    result = (self._run_add if plan.kind == "add" else self._run_refresh)(plan)
+                    if len(group) > 1:
+                        results = self._run_add_many(group)
+                    else:
+                        plan = group[0]
+                        run = self._run_add if plan.kind == "add" else self._run_refresh
+                        results = [run(plan)]
                 except BaseException as exc:  # a bug must not leave a --wait hanging
-                    log.exception("%s %s: unexpected error", plan.kind, plan.order.command)
-                    batch.done.append((plan.ticket, exc))
+                    log.exception("%s %s: unexpected error", group[0].kind, group[0].order.command)
+                    batch.done.extend((plan.ticket, exc) for plan in group)
                     continue
-                batch.done.append((plan.ticket, result))
+                batch.done.extend(
+                    (plan.ticket, result) for plan, result in zip(group, results, strict=True)
+                )
                 if time.monotonic() - batch.started >= self.FLUSH_EVERY:
                     self._flush_batch(batch)
                     batch = _Batch(started=time.monotonic())
@@ -603,6 +610,79 @@ class Executor:
         finally:
             self._tls.batch = None
             self._flush_batch(batch)
+
+    #: Most adds handed to one Responder.add_many call.
+    BATCH_ADD = 256
+
+    def _groups(self, plans: list[_Plan]) -> Iterator[list[_Plan]]:
+        """``plans`` in order, as runs: consecutive adds of one command whose responder adds in
+        batches (``batch_add``) together, everything else alone. Order is kept, so a refresh
+        still runs after the add it repeats."""
+        group: list[_Plan] = []
+        for plan in plans:
+            cmd = plan.command
+            try:
+                batchable = (
+                    plan.kind == "add" and cmd is not None and self.responder(cmd).batch_add
+                )
+            except Exception:  # noqa: BLE001 - run alone: _run_add records the failure
+                batchable = False
+            if group and (
+                not batchable
+                or group[0].command is not cmd
+                or len(group) >= self.BATCH_ADD
+            ):
+                yield group
+                group = []
+            if batchable:
+                group.append(plan)
+            else:
+                yield [plan]
+        if group:
+            yield group
+
+    def _run_add_many(self, plans: list[_Plan]) -> list[Result]:
+        """Adds of one command in one ``add_many`` call (one kernel transaction for a flood of
+        new addresses). Each still gets its own log lines, audit record and applied mark; if
+        the batch call fails as a whole they are retried one by one."""
+        cmd = plans[0].command
+        assert cmd is not None
+        responder = self.responder(cmd)
+        # Every identity's stripe, in one order (a delete of one of them waits for the batch).
+        stripes = sorted(
+            {id(lock): lock for p in plans for lock in [self._stripe((cmd.name, p.key or ""))]}
+            .items()
+        )
+        with contextlib.ExitStack() as held:
+            for _, lock in stripes:
+                held.enter_context(lock)
+            requests = []
+            for plan in plans:
+                assert plan.request is not None
+                self._log_start(cmd, "add", plan.request)
+                requests.append(plan.request)
+            start = time.monotonic()
+            try:
+                with procs.deadline_scope(start + self._deadline(cmd)):
+                    out = responder.add_many(requests)
+            except Exception as exc:  # noqa: BLE001 - retried one by one, each recorded
+                log.warning("%s: adding %d at once failed (%s); adding them one by one",
+                            cmd.name, len(plans), exc)
+                out = None
+            each = (time.monotonic() - start) / len(plans)
+        if out is None:
+            return [self._run_add(plan, started=True) for plan in plans]
+        states = {request.order_id: state for request, state in out.added}
+        refused = {request.order_id: reason for request, reason in out.refused}
+        results = []
+        for plan in plans:
+            with self._stripe((cmd.name, plan.key or "")):
+                if plan.order.id in states:
+                    results.append(self._add_ok(plan, states[plan.order.id], each))
+                else:
+                    reason = refused.get(plan.order.id, "add_many did not report it")
+                    results.append(self._add_failed(plan, Refused(reason), each))
+        return results
 
     def _flush_batch(self, batch: _Batch) -> None:
         # Order matters: the audit record is written before the applied mark (a crash in
@@ -780,64 +860,76 @@ class Executor:
         else:
             batch.audit.append(self.audit.encode(record))
 
-    def _run_add(self, plan: _Plan) -> Result:
+    def _run_add(self, plan: _Plan, *, started: bool = False) -> Result:
+        """One add under its identity's stripe (``started``: its Starting lines are written)."""
         cmd, request, key = plan.command, plan.request, plan.key
         assert cmd is not None and request is not None and key is not None
-        ident = (cmd.name, key)
-        with self._stripe(ident):
+        with self._stripe((cmd.name, key)):
             responder = self.responder(cmd)
-            self._log_start(cmd, "add", request)
+            if not started:
+                self._log_start(cmd, "add", request)
             start = time.monotonic()
             try:
                 with procs.deadline_scope(start + self._deadline(cmd)):
                     state = responder.add(request)
             except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
-                duration = time.monotonic() - start
-                if type(exc).__name__ == "AlreadyActive":
-                    return self._already_active(plan, exc, duration)
-                self.ledger.remove(cmd.name, key, plan.order.id)
-                self._expiry.pop(ident, None)
-                with self._active_lock:
-                    self._active -= 1
-                outcome = "timeout" if isinstance(exc, DeadlineExceeded) else "failed"
-                self.counters[f"add_{outcome}"] += 1
-                log.error("%s add %s failed: %s", cmd.name, key, exc)
-                self._write_ar(self.clock.now(), cmd.executable, f"Error: {exc}", "Aborted")
-                result = self._result(plan, "add", outcome, error=str(exc), duration=duration)
-                self._audit(plan, result)
-                return result
-            duration = time.monotonic() - start
-            previous = self._add_cost.get(cmd.name)
-            self._add_cost[cmd.name] = (
-                duration if previous is None else previous * 0.9 + duration * 0.1
-            )
-            # A repeat may have refreshed the timer while this add ran (in-memory, see _expiry).
-            expires_at = self._expiry.get(ident, plan.expires_at)
-            self._write_ar(self.clock.now(), cmd.executable, "Ended")
-            self.counters["add_ok"] += 1
-            result = self._result(
-                plan, "add", "ok", duration=duration,
-                details={"retried_intent": True} if plan.retry else None, expires_at=expires_at,
-            )
-            # Recorded before the applied mark: a crash in between retries the (idempotent) add
-            # and records it again, flagged; the other order would lose the record.
-            self._audit(plan, result)
-            applied_at = self.clock.now()
-            order_id = plan.order.id
-            batch = self._batch()
-            if batch is not None:
-                batch.applied.append((cmd.name, key, order_id, state, applied_at))
-                if expires_at is not None:
-                    batch.schedule.append((ident, expires_at))
-                return result
-            # Through the group committer, not waited for: concurrent executions share one
-            # commit. A crash before it lands leaves an intent, which the next start retries.
-            self._committer.post(
-                lambda tx: tx.mark_applied(cmd.name, key, order_id, state, applied_at)
-            )
+                return self._add_failed(plan, exc, time.monotonic() - start)
+            return self._add_ok(plan, state, time.monotonic() - start)
+
+    def _add_failed(self, plan: _Plan, exc: Exception, duration: float) -> Result:
+        """An add that did not put the action in place: the intent goes, the log says why."""
+        cmd, key = plan.command, plan.key
+        assert cmd is not None and key is not None
+        if type(exc).__name__ == "AlreadyActive":
+            return self._already_active(plan, exc, duration)
+        self.ledger.remove(cmd.name, key, plan.order.id)
+        self._expiry.pop((cmd.name, key), None)
+        with self._active_lock:
+            self._active -= 1
+        outcome = "timeout" if isinstance(exc, DeadlineExceeded) else "failed"
+        self.counters[f"add_{outcome}"] += 1
+        log.error("%s add %s failed: %s", cmd.name, key, exc)
+        self._write_ar(self.clock.now(), cmd.executable, f"Error: {exc}", "Aborted")
+        result = self._result(plan, "add", outcome, error=str(exc), duration=duration)
+        self._audit(plan, result)
+        return result
+
+    def _add_ok(self, plan: _Plan, state: State, duration: float) -> Result:
+        """An add that is in place: Ended, the audit record, then the applied mark and timer."""
+        cmd, key = plan.command, plan.key
+        assert cmd is not None and key is not None
+        ident = (cmd.name, key)
+        previous = self._add_cost.get(cmd.name)
+        self._add_cost[cmd.name] = (
+            duration if previous is None else previous * 0.9 + duration * 0.1
+        )
+        # A repeat may have refreshed the timer while this add ran (in-memory, see _expiry).
+        expires_at = self._expiry.get(ident, plan.expires_at)
+        self._write_ar(self.clock.now(), cmd.executable, "Ended")
+        self.counters["add_ok"] += 1
+        result = self._result(
+            plan, "add", "ok", duration=duration,
+            details={"retried_intent": True} if plan.retry else None, expires_at=expires_at,
+        )
+        # Recorded before the applied mark: a crash in between retries the (idempotent) add
+        # and records it again, flagged; the other order would lose the record.
+        self._audit(plan, result)
+        applied_at = self.clock.now()
+        order_id = plan.order.id
+        batch = self._batch()
+        if batch is not None:
+            batch.applied.append((cmd.name, key, order_id, state, applied_at))
             if expires_at is not None:
-                self._schedule(ident, expires_at)
+                batch.schedule.append((ident, expires_at))
             return result
+        # Through the group committer, not waited for: concurrent executions share one
+        # commit. A crash before it lands leaves an intent, which the next start retries.
+        self._committer.post(
+            lambda tx: tx.mark_applied(cmd.name, key, order_id, state, applied_at)
+        )
+        if expires_at is not None:
+            self._schedule(ident, expires_at)
+        return result
 
     def _already_active(self, plan: _Plan, exc: Exception, duration: float) -> Result:
         """Seam D: the script answered check_keys with keys already in place; refresh those."""

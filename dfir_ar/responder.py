@@ -68,6 +68,14 @@ class ReconcileReport:
     notes: tuple[str, ...] = ()
 
 
+@dataclass
+class BatchResult:
+    """What ``Responder.add_many`` did: per request, the state to store, or why it was refused."""
+
+    added: list[tuple[Request, State]] = field(default_factory=list)
+    refused: list[tuple[Request, str]] = field(default_factory=list)
+
+
 class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -115,6 +123,16 @@ class Responder(ABC):
     @abstractmethod
     def delete(self, request: Request, state: State) -> None:
         """The exact inverse of add(). Must succeed (quietly) if the action is already gone."""
+
+    #: True when add_many puts many actions in place in one step (one kernel transaction): the
+    #: executor then hands it a chunk of adds at once instead of calling add for each.
+    batch_add: ClassVar[bool] = False
+
+    def add_many(self, requests: Sequence[Request]) -> BatchResult:
+        """add() for many requests at once (only called when ``batch_add``). Each request ends up
+        in ``added`` with its state or in ``refused`` with the reason; raising means none was
+        added (the executor then retries them one by one, adds being idempotent)."""
+        raise NotImplementedError(f"{self.name} does not add in batches")
 
     def srcip(self, request: Request) -> IPAddress:
         """The order's address; InvalidArgument naming this responder when it has none."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +32,7 @@ from dfir_ar.errors import DfirArError, PluginUnavailable, Refused
 from dfir_ar.netfilter import BackendName, Block, FirewallBackend, make_backend, tools_present
 from dfir_ar.responder import (
     Arg,
+    BatchResult,
     LiveEntry,
     ReconcileReport,
     Request,
@@ -72,14 +72,6 @@ class FirewallDropOptions(BaseModel):
         description="seconds between checks, made on the next add, that nobody purged the "
         "table/sets/chains (0: on every add); check_and_repair does it on the engine's tick",
     )
-
-
-@dataclass
-class BatchResult:
-    """What ``add_many`` did: per request, the state to store, or why it was refused."""
-
-    added: list[tuple[Request, State]] = field(default_factory=list)
-    refused: list[tuple[Request, str]] = field(default_factory=list)
 
 
 class Claims:
@@ -164,6 +156,7 @@ class FirewallDrop(Responder):
     name: ClassVar[str] = "firewall-drop"
     expects: ClassVar[tuple[Arg, ...]] = (Arg.SRCIP,)
     supports_timeout: ClassVar[bool] = True
+    batch_add: ClassVar[bool] = True
     version: ClassVar[str] = "1"
     Options: ClassVar[type[BaseModel]] = FirewallDropOptions
 
@@ -279,7 +272,12 @@ class FirewallDrop(Responder):
         with self.claims.lock:
             self._ensure()
             self.claims.claim(request.command, addr, self._deadline(request.timeout))
-            self._write(self._blocks([addr]))
+            try:
+                self._write(self._blocks([addr]))
+            except BaseException:
+                # Not in place: a claim left behind would come back at the next repair.
+                self.claims.release(request.command, addr)
+                raise
         self.context.log.info("firewall-drop: blocked %s (%s)", addr, self.backend.name)
         return self._state(addr)
 
@@ -300,8 +298,16 @@ class FirewallDrop(Responder):
                     addrs.append(addr)
                     result.added.append((request, self._state(addr)))
             if addrs:
-                self._ensure()
-                self._write(self._blocks(dict.fromkeys(addrs)))
+                try:
+                    self._ensure()
+                    self._write(self._blocks(dict.fromkeys(addrs)))
+                except BaseException:
+                    for request, _ in result.added:  # none is in place: no claim stays
+                        self.claims.release(request.command, self.srcip(request))
+                    raise
+        if addrs:
+            self.context.log.info("firewall-drop: blocked %d address(es) in one batch (%s)",
+                                  len(addrs), self.backend.name)
         return result
 
     def delete(self, request: Request, state: State) -> None:
