@@ -10,7 +10,10 @@ Measures, each repeated ``--reps`` times and reported as the median:
      minus their FORWARD rule, so the peer is timed generously);
   2. one more block with 100,000 already in place: dfir-ar add() vs one ``iptables -I``;
   3. packet path: ping round trip (``-c 200 -i 0.01``, bounded) with no blocks, with 100,000
-     nftables set elements, and with 100,000 iptables rules.
+     nftables set elements, and with 100,000 iptables rules;
+  4. the 10,000 as orders through the executor (ledger intent and applied mark, three
+     active-responses.log lines and an audit record each), with the executor's add_many batches
+     and with one add() per order, against the same iptables -I per address.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dfir_ar.config.models import Config
+from dfir_ar.executor import Executor
+from dfir_ar.ids import new_id
+from dfir_ar.ledger import Ledger
+from dfir_ar.order import Order
 from dfir_ar.responder import Request, ResponderContext, Target
 from responders.firewall_drop import FirewallDrop
 from tests.netns import NetPair, net_pair
@@ -147,6 +155,41 @@ def bench_env() -> Iterator[tuple[NetPair, InNetns]]:
             runner.close()
 
 
+def executor_flood(count: int, batched: bool) -> float:
+    """Seconds from handing ``count`` new firewall-drop orders to a real Executor (threads
+    started inside the agent namespace) until every one has run; all must come back ok."""
+    with bench_env() as (_pair, agent), tempfile.TemporaryDirectory(prefix="bench-fw-") as tmp:
+        root = Path(tmp)
+        cfg = Config.model_validate({
+            "global": {"state_dir": str(root / "state"), "log_dir": str(root / "log"),
+                       "control_socket": str(root / "c.sock"), "max_active_responses": 10**6},
+            "command": [{"name": "firewall-drop", "executable": "firewall-drop",
+                         "expect": ["srcip"], "timeout_allowed": True}],
+            "active_response": [{"command": "firewall-drop", "rules_id": [5712],
+                                 "timeout": 3600}],
+            "responders": {"firewall-drop": {"backend": "nftables"}},
+            "evidence": {"store": f"file://{root / 'evidence'}"},
+        })
+        ledger = Ledger.open(cfg.global_.state_dir)
+        saved = FirewallDrop.batch_add
+        FirewallDrop.batch_add = batched
+        try:
+            ex = agent(Executor, cfg, ledger)
+            orders = [Order(id=new_id(), command="firewall-drop", target=Target(srcip=a),
+                            timeout=3600.0) for a in addrs(0, count)]
+            start = time.perf_counter()
+            tickets = agent(ex.accept, orders)
+            outcomes = [t.result(timeout=600).outcome for t in tickets]
+            took = time.perf_counter() - start
+            ex.shutdown(lift=False)
+        finally:
+            FirewallDrop.batch_add = saved
+            ledger.close()
+        if outcomes.count("ok") != count:
+            raise SystemExit(f"executor flood: {outcomes.count('ok')}/{count} ok")
+        return took
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=10_000, help="addresses in the batch test")
@@ -239,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         agent(fw_ipset.teardown)
 
+    # 4. the same addresses as orders through the executor ---------------------------------
+    batched = [executor_flood(args.count, True) for _ in range(args.reps)]
+    single = [executor_flood(args.count, False) for _ in range(args.reps)]
+    res["executor"] = {"batched_s": med(batched), "one_add_each_s": med(single)}
+
     res["loadavg_end"] = os.getloadavg()[0]
     b, s, p = res["batch"], res["single_at_big"], res["packet_path_ms"]
     scaled = f" (scaled from {sample})" if sample != args.count else ""
@@ -264,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
           f"  ({p['nftables_set_big'] / p['no_blocks']:.2f}x of empty)")
     print(f"   {args.big:,} iptables rules         {p['iptables_rules_big']:8.3f} ms"
           f"  ({p['iptables_rules_big'] / p['no_blocks']:.2f}x of empty)")
+    e = res["executor"]
+    print(f"4. {args.count:,} new-block orders through the executor (ledger, logs, audit each)")
+    print(f"   add_many batches               {e['batched_s']:8.3f} s")
+    print(f"   one add() per order            {e['one_add_each_s']:8.3f} s")
+    print(f"   ratio iptables -I per address / batched: {peer_s / e['batched_s']:.0f}x")
     if args.json:
         print(json.dumps(res, indent=2))
     return 0
