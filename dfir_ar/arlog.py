@@ -143,9 +143,9 @@ class ActiveResponseLog:
     @staticmethod
     def encode(now: float, executable: str, *messages: str) -> bytes:
         """The lines ``write`` appends, for callers that gather a batch into one write."""
-        stamp = f"{wazuh_timestamp(now)} active-response/bin/{executable}: "
-        data = "".join([f"{stamp}{m}\n" for m in messages])
-        return data.encode("utf-8", "backslashreplace")
+        return ActiveResponseLog.encode_lines(
+            now, executable, tuple(m.encode("utf-8", "backslashreplace") for m in messages)
+        )
 
     def write(self, now: float, executable: str, *messages: str) -> None:
         self._file.append(self.encode(now, executable, *messages))

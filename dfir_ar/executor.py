@@ -648,14 +648,12 @@ class Executor:
         cmd = plans[0].command
         assert cmd is not None
         responder = self.responder(cmd)
-        # Every identity's stripe, in one order (a delete of one of them waits for the batch).
-        stripes = sorted(
-            {id(lock): lock for p in plans for lock in [self._stripe((cmd.name, p.key or ""))]}
-            .items()
-        )
+        # Every identity's stripe, taken in index order (a delete of one of them waits for the
+        # batch), held through each order's bookkeeping as a single add holds its own.
+        indexes = sorted({self._stripe_index((cmd.name, p.key or "")) for p in plans})
         with contextlib.ExitStack() as held:
-            for _, lock in stripes:
-                held.enter_context(lock)
+            for index in indexes:
+                held.enter_context(self._stripes[index])
             requests = []
             for plan in plans:
                 assert plan.request is not None
@@ -670,19 +668,19 @@ class Executor:
                             cmd.name, len(plans), exc)
                 out = None
             each = (time.monotonic() - start) / len(plans)
-        if out is None:
-            return [self._run_add(plan, started=True) for plan in plans]
-        states = {request.order_id: state for request, state in out.added}
-        refused = {request.order_id: reason for request, reason in out.refused}
-        results = []
-        for plan in plans:
-            with self._stripe((cmd.name, plan.key or "")):
-                if plan.order.id in states:
-                    results.append(self._add_ok(plan, states[plan.order.id], each))
-                else:
-                    reason = refused.get(plan.order.id, "add_many did not report it")
-                    results.append(self._add_failed(plan, Refused(reason), each))
-        return results
+            if out is not None:
+                states = {request.order_id: state for request, state in out.added}
+                refused = {request.order_id: reason for request, reason in out.refused}
+                return [
+                    self._add_ok(plan, states[plan.order.id], each)
+                    if plan.order.id in states
+                    else self._add_failed(
+                        plan, Refused(refused.get(plan.order.id, "add_many did not report it")),
+                        each,
+                    )
+                    for plan in plans
+                ]
+        return [self._run_add(plan, started=True) for plan in plans]
 
     def _flush_batch(self, batch: _Batch) -> None:
         # Order matters: the audit record is written before the applied mark (a crash in
@@ -764,8 +762,11 @@ class Executor:
         self._audit(plan, result)
         return result
 
+    def _stripe_index(self, ident: Ident) -> int:
+        return hash(ident) % len(self._stripes)
+
     def _stripe(self, ident: Ident) -> threading.Lock:
-        return self._stripes[hash(ident) % len(self._stripes)]
+        return self._stripes[self._stripe_index(ident)]
 
     def _deadline(self, cmd: CommandConfig) -> float:
         return cmd.deadline or self.config.global_.execution_deadline

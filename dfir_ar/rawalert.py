@@ -16,21 +16,14 @@ import msgspec
 
 from dfir_ar import codec
 
-# The UTF-8 encodings of the three non-control characters str.splitlines breaks on, and their
-# JSON escapes (the same as dfir_ar.codec writes).
-_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
-
 
 def one_line(text: bytes) -> bytes:
     """Valid JSON text as one line that no line-splitting reader can cut: CR and LF can only be
     whitespace between tokens (JSON refuses control characters inside strings), so they become
-    spaces; U+0085, U+2028 and U+2029 can only be inside strings, so they become escapes."""
+    spaces; U+0085, U+2028 and U+2029 are escaped by codec.line_safe."""
     if b"\n" in text or b"\r" in text:
         text = text.replace(b"\r", b" ").replace(b"\n", b" ")
-    if not text.isascii() and (b"\xc2\x85" in text or b"\xe2\x80" in text):
-        for raw, escaped in _BREAKS:
-            text = text.replace(raw, escaped)
-    return text.strip()
+    return codec.line_safe(text).strip()
 
 
 if TYPE_CHECKING:

@@ -211,10 +211,6 @@ class Service:
 
     # -- the source handler (seam A) -----------------------------------------------------
 
-    def handle(self, item: Alert | Rejected, cursor: Cursor | None) -> None:
-        """One alert (or rejected record) from a source, with the cursor just after it."""
-        self.handle_many([item], cursor)
-
     def handle_many(self, items: Sequence[Alert | Rejected], cursor: Cursor | None) -> None:
         """The records of one read, in order, with the cursor just after the last: their orders
         and the cursor are recorded in one ledger transaction (all or none), so a batch costs
