@@ -228,10 +228,21 @@ class AuditLog:
 
 
 def read_audit(path: Path) -> list[dict[str, Any]]:
-    """Every record of an audit file (for tests and tools); a torn last line is skipped."""
-    out: list[dict[str, Any]] = []
+    """Every record of an audit file (for tests and tools) that may be written meanwhile.
+
+    Only the text after the last newline is skipped: a reader can see a write(2) half done.
+    Any complete line that is not a JSON object raises, since the log never holds one.
+    """
     if not path.exists():
-        return out
+        return []
+    *lines, _torn = path.read_bytes().split(b"\n")
+    out: list[dict[str, Any]] = []
+    for line in lines:
+        rec = json.loads(line)
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: an audit line is not a JSON object: {line[:80]!r}")
+        out.append(rec)
+    return out
     for line in path.read_text("utf-8").splitlines():
         try:
             rec = json.loads(line)

@@ -51,6 +51,7 @@ from dfir_ar.collector import Collector, CollectorContext
 from dfir_ar.config.models import CommandConfig, Config
 from dfir_ar.errors import DeadlineExceeded, DfirArError, PluginUnavailable, Refused, StateError
 from dfir_ar.escalation import next_offence
+from dfir_ar.keyed_locks import KeyedLocks
 from dfir_ar.ledger import APPLIED, Entry, GroupCommitter, Ledger, Tx
 from dfir_ar.order import Order
 from dfir_ar.rails import RateLimiter, WhiteList, active_cap_allows, host_protected_networks
@@ -235,7 +236,7 @@ class Executor:
         self._resolve_lock = threading.Lock()
         self._table: TimeoutTable[Ident] = TimeoutTable()
         self._cond = threading.Condition()
-        self._stripes = [threading.Lock() for _ in range(64)]
+        self._locks: KeyedLocks[Ident] = KeyedLocks()
         self._limiters: dict[str, RateLimiter] = {}
         self._active = ledger.count_entries()
         self._committer = GroupCommitter(ledger, after_batch=self._dispatch_ready)
@@ -648,12 +649,9 @@ class Executor:
         cmd = plans[0].command
         assert cmd is not None
         responder = self.responder(cmd)
-        # Every identity's stripe, taken in index order (a delete of one of them waits for the
-        # batch), held through each order's bookkeeping as a single add holds its own.
-        indexes = sorted({self._stripe_index((cmd.name, p.key or "")) for p in plans})
-        with contextlib.ExitStack() as held:
-            for index in indexes:
-                held.enter_context(self._stripes[index])
+        # Every identity's lock (a delete of one of them waits for the batch), held through
+        # each order's bookkeeping as a single add holds its own.
+        with self._locks.hold_all((cmd.name, p.key or "") for p in plans):
             requests = []
             for plan in plans:
                 assert plan.request is not None
@@ -762,12 +760,6 @@ class Executor:
         self._audit(plan, result)
         return result
 
-    def _stripe_index(self, ident: Ident) -> int:
-        return hash(ident) % len(self._stripes)
-
-    def _stripe(self, ident: Ident) -> threading.Lock:
-        return self._stripes[self._stripe_index(ident)]
-
     def _deadline(self, cmd: CommandConfig) -> float:
         return cmd.deadline or self.config.global_.execution_deadline
 
@@ -862,10 +854,10 @@ class Executor:
             batch.audit.append(self.audit.encode(record))
 
     def _run_add(self, plan: _Plan, *, started: bool = False) -> Result:
-        """One add under its identity's stripe (``started``: its Starting lines are written)."""
+        """One add under its identity's lock (``started``: its Starting lines are written)."""
         cmd, request, key = plan.command, plan.request, plan.key
         assert cmd is not None and request is not None and key is not None
-        with self._stripe((cmd.name, key)):
+        with self._locks.hold((cmd.name, key)):
             responder = self.responder(cmd)
             if not started:
                 self._log_start(cmd, "add", request)
@@ -962,7 +954,7 @@ class Executor:
         cmd, request, key = plan.command, plan.request, plan.key
         assert cmd is not None and request is not None and key is not None
         ident = (cmd.name, key)
-        with self._stripe(ident):
+        with self._locks.hold(ident):
             entry = self.ledger.get(cmd.name, key)
             if entry is None:  # undone between prepare and now: nothing to refresh
                 result = self._result(plan, "refresh", "failed", error="entry undone meanwhile")
@@ -1127,7 +1119,7 @@ class Executor:
 
     def _run_delete(self, ident: Ident, reason: str) -> Result:
         command, key = ident
-        with self._stripe(ident):
+        with self._locks.hold(ident):
             now = self.clock.now()
             entry = self.ledger.get(command, key)
             if entry is None:
