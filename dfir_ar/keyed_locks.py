@@ -14,13 +14,9 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K")
 
-
-class _Slot:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0  # threads holding or waiting for ``lock``
+# A slot is [lock, users]: users counts the threads holding or waiting for the lock. A list,
+# not an object, because one is made for nearly every order on the hot path.
+_LOCK, _USERS = 0, 1
 
 
 class KeyedLocks(Generic[K]):
@@ -28,65 +24,55 @@ class KeyedLocks(Generic[K]):
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._slots: dict[K, _Slot] = {}
+        self._slots: dict[K, list[threading.Lock | int]] = {}
 
-    def hold(self, key: K) -> _Held[K]:
+    def hold(self, key: K) -> _HeldOne[K]:
         """``with locks.hold(key):`` runs the block holding ``key``'s lock."""
-        return _Held(self, (key,))
+        return _HeldOne(self, key)
 
-    def hold_all(self, keys: Iterable[K]) -> _Held[K]:
+    def hold_all(self, keys: Iterable[K]) -> _HeldAll[K]:
         """Holds every key's lock; taken in sorted order, so two holders never deadlock."""
-        return _Held(self, tuple(sorted(set(keys))))  # type: ignore[type-var]
+        return _HeldAll(self, sorted(set(keys)))  # type: ignore[type-var]
 
     def __len__(self) -> int:
         """Keys currently held or waited for."""
         with self._guard:
             return len(self._slots)
 
-    def _enter(self, keys: tuple[K, ...]) -> list[_Slot]:
+    def _join(self, key: K) -> threading.Lock:
+        """Count the caller as a user of ``key``'s slot (made if missing); its lock."""
         with self._guard:
-            slots = []
-            for key in keys:
-                slot = self._slots.get(key)
-                if slot is None:
-                    slot = self._slots[key] = _Slot()
-                slot.users += 1
-                slots.append(slot)
-        taken = 0
-        try:
-            for slot in slots:
-                slot.lock.acquire()
-                taken += 1
-        except BaseException:
-            for slot in slots[:taken]:
-                slot.lock.release()
-            self._leave(keys, slots)
-            raise
-        return slots
+            slot = self._slots.get(key)
+            if slot is None:
+                lock = threading.Lock()
+                self._slots[key] = [lock, 1]
+                return lock
+            slot[_USERS] += 1  # type: ignore[operator]
+            return slot[_LOCK]  # type: ignore[return-value]
 
-    def _exit(self, keys: tuple[K, ...], slots: list[_Slot]) -> None:
-        for slot in reversed(slots):
-            slot.lock.release()
-        self._leave(keys, slots)
-
-    def _leave(self, keys: tuple[K, ...], slots: list[_Slot]) -> None:
+    def _leave(self, key: K) -> None:
         with self._guard:
-            for key, slot in zip(keys, slots, strict=True):
-                slot.users -= 1
-                if slot.users == 0:
-                    del self._slots[key]
+            slot = self._slots[key]
+            if slot[_USERS] == 1:
+                del self._slots[key]
+            else:
+                slot[_USERS] -= 1  # type: ignore[operator]
 
 
-class _Held(Generic[K]):
-    __slots__ = ("_keys", "_owner", "_slots")
+class _HeldOne(Generic[K]):
+    __slots__ = ("_key", "_lock", "_owner")
 
-    def __init__(self, owner: KeyedLocks[K], keys: tuple[K, ...]) -> None:
+    def __init__(self, owner: KeyedLocks[K], key: K) -> None:
         self._owner = owner
-        self._keys = keys
-        self._slots: list[_Slot] = []
+        self._key = key
 
     def __enter__(self) -> None:
-        self._slots = self._owner._enter(self._keys)
+        self._lock = self._owner._join(self._key)
+        try:
+            self._lock.acquire()
+        except BaseException:
+            self._owner._leave(self._key)
+            raise
 
     def __exit__(
         self,
@@ -94,4 +80,42 @@ class _Held(Generic[K]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._owner._exit(self._keys, self._slots)
+        self._lock.release()
+        self._owner._leave(self._key)
+
+
+class _HeldAll(Generic[K]):
+    __slots__ = ("_keys", "_locks", "_owner")
+
+    def __init__(self, owner: KeyedLocks[K], keys: list[K]) -> None:
+        self._owner = owner
+        self._keys = keys
+        self._locks: list[threading.Lock] = []
+
+    def __enter__(self) -> None:
+        owner = self._owner
+        joined: list[K] = []
+        try:
+            for key in self._keys:
+                lock = owner._join(key)
+                joined.append(key)
+                lock.acquire()
+                self._locks.append(lock)
+        except BaseException:
+            self._release(joined)
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._release(self._keys)
+
+    def _release(self, joined: list[K]) -> None:
+        for lock in reversed(self._locks):
+            lock.release()
+        self._locks = []
+        for key in joined:
+            self._owner._leave(key)
