@@ -82,6 +82,8 @@ PCAP_MAGIC_NS = 0xA1B23C4D  # nanosecond-resolution pcap: kernel timestamps keep
 RECV_BUFFER = 64 * 1024 * 1024
 FLUSH_AT = 512 * 1024
 POLL_MS = 100
+RESCAN_SECONDS = 1.0  # how often "every interface" looks for new ones
+MAX_INTERFACES = 256
 FINAL_DRAIN = 200_000
 _RECORD = struct.Struct("<IIII")
 _TIMESPEC = struct.Struct("@qq")
@@ -249,7 +251,8 @@ class Pcap(Collector):
         OptionSpec("max-packets", int, 0, "Stop after this many packets (0: no limit)."),
         OptionSpec("max-bytes", int, 0, "Stop once the pcap files reach this size (0: no limit)."),
         OptionSpec("snaplen", int, 262144, "Bytes kept of each packet."),
-        OptionSpec("interface", list, [], "Interface to capture on (repeatable; default: all)."),
+        OptionSpec("interface", list, [], "Interface to capture on (repeatable; default: all, "
+                   "including those that appear during the capture)."),
         OptionSpec("ring", bool, True, "Capture through a memory-mapped TPACKET_V3 ring, as "
                    "tcpdump does (--ring=no: one recvmsg per packet)."),
     )
@@ -302,13 +305,19 @@ class Pcap(Collector):
             for iface in interfaces:
                 captures.append(_open_capture(iface, expression, snaplen, ring_bytes))
             with contextlib.ExitStack() as stack:
+                files: set[str] = set()
                 for cap in captures:
-                    cap.writer = stack.enter_context(
-                        sink.artifact(f"{_safe_name(cap.iface.name)}.pcap", _MEDIA_PCAP)
-                    )
-                    cap.writer.write(pcap_global_header(cap.linktype, snaplen))
+                    _start_file(cap, sink, stack, snaplen, files)
+                late = None
+                if not wanted:
+                    # "Every interface" includes those that appear while the capture runs (a VPN
+                    # tunnel, a container's veth): looked for every RESCAN_SECONDS.
+                    late = _LateInterfaces(captures, sink, stack, expression, snaplen,
+                                           ring_bytes, skipped, files)
                 status, reason = self._loop(job, captures, duration, max_packets, max_bytes,
-                                            snaplen, sink.bytes_remaining)
+                                            snaplen, sink.bytes_remaining, late)
+                if late is not None and late.added:
+                    details["added_mid_capture"] = late.added
         finally:
             for cap in captures:
                 with contextlib.suppress(OSError):
@@ -339,7 +348,7 @@ class Pcap(Collector):
 
     def _loop(self, job: CollectJob, captures: list[_Capture], duration: float,
               max_packets: int, max_bytes: int, snaplen: int,
-              bundle_remaining: int) -> tuple[Status, str]:
+              bundle_remaining: int, late: _LateInterfaces | None) -> tuple[Status, str]:
         poller = select.poll()
         by_fd = {}
         for cap in captures:
@@ -353,9 +362,18 @@ class Pcap(Collector):
         reader = _Reader(snaplen, max_packets, max_bytes, header_bytes=24 * len(captures),
                          bundle_remaining=bundle_remaining)
         next_progress = start + 5.0
+        next_rescan = start + RESCAN_SECONDS
         try:
             while True:
                 now = clock.monotonic()
+                if late is not None and now >= next_rescan:
+                    next_rescan = now + RESCAN_SECONDS
+                    for cap in late.scan():
+                        poller.register(cap.sock.fileno(), select.POLLIN)
+                        by_fd[cap.sock.fileno()] = cap
+                        reader.bytes += len(pcap_global_header(cap.linktype, snaplen))
+                        job.progress(f"also capturing on {cap.iface.name} (it appeared "
+                                     "mid-capture)", (now - start) / duration)
                 stop = None
                 if now >= job.deadline:
                     stop = _Stop(Status.PARTIAL, "collection deadline reached")
@@ -593,6 +611,68 @@ def _flush(cap: _Capture) -> None:
             cap.writer.write(data[offset:end])
             offset = end
         raise
+
+
+def _start_file(cap: _Capture, sink: ArtifactSink, stack: contextlib.ExitStack, snaplen: int,
+                taken: set[str]) -> None:
+    """Open the capture's pcap artifact (named after its interface) and write the header."""
+    name = _safe_name(cap.iface.name)
+    if name in taken:  # a deleted interface's name, now reused by a new one
+        name = f"{name}-{cap.iface.index}"
+    taken.add(name)
+    cap.writer = stack.enter_context(sink.artifact(f"{name}.pcap", _MEDIA_PCAP))
+    cap.writer.write(pcap_global_header(cap.linktype, snaplen))
+
+
+class _LateInterfaces:
+    """Finds interfaces that appeared after the capture started and opens captures on them."""
+
+    def __init__(self, captures: list[_Capture], sink: ArtifactSink, stack: contextlib.ExitStack,
+                 expression: str, snaplen: int, ring_bytes: int, skipped: dict[str, str],
+                 files: set[str]) -> None:
+        self._captures = captures
+        self._sink = sink
+        self._stack = stack
+        self._expression = expression
+        self._snaplen = snaplen
+        self._skipped = skipped
+        self._ring = ring_bytes > 0  # --ring=no stays recvmsg for late interfaces too
+        # A budget of their own, so late interfaces also get rings after the first ones took
+        # all of RING_TOTAL; it bounds the pinned memory at 1.5x RING_TOTAL.
+        self._ring_left = RING_TOTAL // 2
+        self._known = {cap.iface.index for cap in captures}
+        self._files = files
+        self.added: list[str] = []
+
+    def scan(self) -> list[_Capture]:
+        """Captures opened (artifact started) on interfaces not seen before."""
+        new: list[_Capture] = []
+        for iface in list_interfaces():
+            if iface.index in self._known:
+                continue
+            self._known.add(iface.index)
+            if iface.hatype not in LINK_TYPES:
+                self._skipped[iface.name] = (f"link type {iface.hatype} is not Ethernet, "
+                                             "loopback or raw IP")
+                continue
+            if len(self._captures) >= MAX_INTERFACES:
+                self._skipped[iface.name] = f"appeared after {MAX_INTERFACES} were captured"
+                continue
+            # Late rings share what the first ones left of RING_TOTAL (pinned kernel memory);
+            # past that, packets are read one recvmsg at a time.
+            ring_bytes = RING_MIN_PER_IF if self._ring and self._ring_left >= RING_MIN_PER_IF else 0
+            try:
+                cap = _open_capture(iface, self._expression, self._snaplen, ring_bytes)
+            except ExecutionError as exc:  # gone again already, or refused: noted, not fatal
+                self._skipped[iface.name] = str(exc)
+                continue
+            self._captures.append(cap)  # from here on collect() closes it
+            self._ring_left -= ring_bytes if cap.ring is not None else 0
+            _start_file(cap, self._sink, self._stack, self._snaplen, self._files)
+            self.added.append(iface.name)
+            log.info("pcap: %s appeared mid-capture; capturing on it too", iface.name)
+            new.append(cap)
+        return new
 
 
 def _safe_name(ifname: str) -> str:

@@ -4,7 +4,8 @@
         [collector options...]
 
 Prints ``READY`` once the capture sockets are open and filtered (the collector reports
-"capturing" only then), then the BundleResult as JSON."""
+"capturing" only then), ``ADDED NAME`` when it starts capturing on an interface that appeared
+meanwhile, then the BundleResult as JSON."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def main() -> None:
     def progress(message: str, fraction: float | None) -> None:
         if message.startswith("capturing"):
             print("READY", flush=True)
+        elif message.startswith("also capturing on "):
+            print("ADDED", message.split()[3], flush=True)
 
     job = CollectJob(
         target=Target(srcip=parse_ip(srcip)),

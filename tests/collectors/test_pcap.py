@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 import time
@@ -210,6 +211,50 @@ def test_interface_deleted_mid_capture_keeps_what_was_captured(pair: NetPair,
     assert "went away" in report.manifest.collectors[0].reason
     pcap = extract_artifact(bundle, f"artifacts/pcap/{pair.agent_if}.pcap", tmp_path / "g.pcap")
     assert tcpdump_count(pcap, f"udp and src host {pair.a4}") == 12
+
+
+def _expect_line(proc: subprocess.Popen[str], wanted: str, timeout: float) -> None:
+    """Read the runner's stdout until the line ``wanted`` (fails after ``timeout`` seconds)."""
+    assert proc.stdout is not None
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, end - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.strip() == wanted:
+            return
+    raise AssertionError(f"the capture never printed {wanted!r}")
+
+
+def test_an_interface_created_mid_capture_is_captured_too(pair: NetPair, tmp_path: Path) -> None:
+    # The attacker's address lives only on a link that does not exist when the capture starts.
+    late_att, late_agt = f"lx{pair.attacker_if[2:]}", f"ly{pair.agent_if[2:]}"
+    attacker, agent = "203.0.113.66", "203.0.113.65"
+    proc = start_capture(pair, tmp_path, attacker, "--duration", "6")
+    try:
+        pair.in_attacker("ip", "link", "add", late_att, "type", "veth", "peer", "name", late_agt)
+        pair.in_attacker("ip", "link", "set", late_agt, "netns", pair.agent)
+        pair.in_attacker("ip", "addr", "add", f"{attacker}/24", "dev", late_att)
+        pair.in_agent("ip", "addr", "add", f"{agent}/24", "dev", late_agt)
+        pair.in_attacker("ip", "link", "set", late_att, "up")
+        pair.in_agent("ip", "link", "set", late_agt, "up")
+        _expect_line(proc, f"ADDED {late_agt}", 4)
+        send_udp(pair, attacker, agent, 20)
+    finally:
+        result = finish(proc)
+    assert result["status"] == "ok"
+    bundle = Path(result["path"])
+    report = verify_bundle(bundle)
+    assert report.ok, report.problems
+    assert report.manifest is not None
+    details = report.manifest.collectors[0].details
+    assert details["added_mid_capture"] == [late_agt]
+    assert details["interfaces"][late_agt]["packets"] >= 20
+    pcap = extract_artifact(bundle, f"artifacts/pcap/{late_agt}.pcap", tmp_path / "late.pcap")
+    assert tcpdump_count(pcap, f"udp and src host {attacker}") == 20
 
 
 def test_ring_walk_puts_back_vlan_tags_the_kernel_stripped(tmp_path: Path) -> None:
