@@ -1,8 +1,14 @@
-"""One lock per key, made on first use and dropped when nobody holds or waits for it.
+"""One lock per key, present only while it is held.
 
 The executor serialises the add, refresh and delete of one (command, key) identity. A fixed
 set of striped locks would make unrelated identities share a lock, so an undo could wait out
 another address's slow add (up to its deadline) and run late; a lock per identity cannot.
+
+No guard lock: a shared one made the executor's worker threads queue on it (bench/engine lost a
+quarter of its rate). The map is changed only by ``dict.setdefault`` and by the holder removing
+its own entry, both atomic on a dict keyed by tuples of str. The holder of a key is whoever holds
+the lock the map names for it, so the holder removes the entry and then releases; a waiter that
+wakes on a lock no longer named retries with the current one.
 """
 
 from __future__ import annotations
@@ -14,52 +20,44 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K")
 
-# A slot is [lock, users]: users counts the threads holding or waiting for the lock. A list,
-# not an object, because one is made for nearly every order on the hot path.
-_LOCK, _USERS = 0, 1
-
 
 class KeyedLocks(Generic[K]):
-    """Mutual exclusion per key; memory stays proportional to the keys in use."""
+    """Mutual exclusion per key; memory stays proportional to the keys held."""
 
     def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._slots: dict[K, list[threading.Lock | int]] = {}
+        self._held: dict[K, threading.Lock] = {}
 
     def hold(self, key: K) -> _HeldOne[K]:
-        """``with locks.hold(key):`` runs the block holding ``key``'s lock."""
+        """``with locks.hold(key):`` runs the block holding ``key``."""
         return _HeldOne(self, key)
 
-    def hold_all(self, keys: Iterable[K]) -> _HeldAll[K]:
-        """Holds every key's lock; taken in sorted order, so two holders never deadlock."""
-        return _HeldAll(self, sorted(set(keys)))  # type: ignore[type-var]
+    def hold_all(self, keys: Iterable[K]) -> _Held[K]:
+        """Holds every key; taken in sorted order, so two holders never deadlock."""
+        return _Held(self, tuple(sorted(set(keys))))  # type: ignore[type-var]
 
     def __len__(self) -> int:
-        """Keys currently held or waited for."""
-        with self._guard:
-            return len(self._slots)
+        """Keys currently held."""
+        return len(self._held)
 
-    def _join(self, key: K) -> threading.Lock:
-        """Count the caller as a user of ``key``'s slot (made if missing); its lock."""
-        with self._guard:
-            slot = self._slots.get(key)
-            if slot is None:
-                lock = threading.Lock()
-                self._slots[key] = [lock, 1]
+    def _acquire(self, key: K) -> threading.Lock:
+        held = self._held
+        while True:
+            lock = held.get(key)
+            if lock is None:
+                lock = held.setdefault(key, threading.Lock())
+            lock.acquire()
+            if held.get(key) is lock:
                 return lock
-            slot[_USERS] += 1  # type: ignore[operator]
-            return slot[_LOCK]  # type: ignore[return-value]
+            lock.release()  # its holder retired it while we waited: take the current one
 
-    def _leave(self, key: K) -> None:
-        with self._guard:
-            slot = self._slots[key]
-            if slot[_USERS] == 1:
-                del self._slots[key]
-            else:
-                slot[_USERS] -= 1  # type: ignore[operator]
+    def _release(self, key: K, lock: threading.Lock) -> None:
+        del self._held[key]
+        lock.release()
 
 
 class _HeldOne(Generic[K]):
+    """``hold`` of one key: once per order on the hot path, so no lists."""
+
     __slots__ = ("_key", "_lock", "_owner")
 
     def __init__(self, owner: KeyedLocks[K], key: K) -> None:
@@ -67,12 +65,7 @@ class _HeldOne(Generic[K]):
         self._key = key
 
     def __enter__(self) -> None:
-        self._lock = self._owner._join(self._key)
-        try:
-            self._lock.acquire()
-        except BaseException:
-            self._owner._leave(self._key)
-            raise
+        self._lock = self._owner._acquire(self._key)
 
     def __exit__(
         self,
@@ -80,29 +73,23 @@ class _HeldOne(Generic[K]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._lock.release()
-        self._owner._leave(self._key)
+        self._owner._release(self._key, self._lock)
 
 
-class _HeldAll(Generic[K]):
+class _Held(Generic[K]):
     __slots__ = ("_keys", "_locks", "_owner")
 
-    def __init__(self, owner: KeyedLocks[K], keys: list[K]) -> None:
+    def __init__(self, owner: KeyedLocks[K], keys: tuple[K, ...]) -> None:
         self._owner = owner
         self._keys = keys
         self._locks: list[threading.Lock] = []
 
     def __enter__(self) -> None:
-        owner = self._owner
-        joined: list[K] = []
         try:
             for key in self._keys:
-                lock = owner._join(key)
-                joined.append(key)
-                lock.acquire()
-                self._locks.append(lock)
+                self._locks.append(self._owner._acquire(key))
         except BaseException:
-            self._release(joined)
+            self._release()
             raise
 
     def __exit__(
@@ -111,11 +98,9 @@ class _HeldAll(Generic[K]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._release(self._keys)
+        self._release()
 
-    def _release(self, joined: list[K]) -> None:
-        for lock in reversed(self._locks):
-            lock.release()
+    def _release(self) -> None:
+        for key, lock in reversed(list(zip(self._keys, self._locks, strict=False))):
+            self._owner._release(key, lock)
         self._locks = []
-        for key in joined:
-            self._owner._leave(key)
