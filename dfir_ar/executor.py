@@ -220,8 +220,9 @@ class Executor:
         self.ar_log = ar_log or ActiveResponseLog(g.log_dir)
         self.audit = audit or AuditLog(g.log_dir)
         self._registry = registry
-        # Three pools, so one kind of work cannot starve another: eight 10-minute captures must
-        # not hold up a block, and a burst of slow adds must not make an undo late.
+        # Separate pools, so one kind of work cannot starve another: eight 10-minute captures
+        # must not hold up a block, and a burst of slow adds must not make an undo late. The
+        # fast lane is one thread for in-process adds (see _dispatch_ready).
         self._pool = ThreadPoolExecutor(max_workers=g.workers, thread_name_prefix="dfir-ar-exec")
         self._fast_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfir-ar-fast")
         self._undo_pool = ThreadPoolExecutor(
