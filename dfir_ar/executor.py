@@ -182,6 +182,21 @@ class _Batch:
     done: list[tuple[Ticket, Result | BaseException]] = field(default_factory=list)
 
 
+class _Missing:
+    """Marks "not read yet" where None means "no such row"."""
+
+
+_MISSING = _Missing()
+
+
+class _Undo(msgspec.Struct):
+    """A delete that ran (see Executor._undo): its result, and the row to retire if any."""
+
+    result: Result
+    entry: Entry | None = None
+    cmd: CommandConfig | None = None
+
+
 class _Plan(msgspec.Struct):
     kind: str  # add | refresh | collect | refused
     order: Order
@@ -252,6 +267,8 @@ class Executor:
         self._expiry: dict[Ident, float] = {}
         self._active_lock = threading.Lock()
         self._delete_failures: Counter[Ident] = Counter()
+        # Moving average of each command's delete duration: decides how expiries are grouped.
+        self._delete_cost: dict[str, float] = {}
         self._cancels: set[threading.Event] = set()
         self._stopping = threading.Event()
         self.counters: Counter[str] = Counter()
@@ -1084,7 +1101,7 @@ class Executor:
         now = self.clock.now() if now is None else now
         with self._cond:
             due = self._table.due(now)
-        tickets = [self._submit_delete(ident, "timeout") for ident in due]
+        tickets = self._submit_deletes(due, "timeout")
         if wait:
             for t in tickets:
                 t.result()
@@ -1107,6 +1124,31 @@ class Executor:
         with self._cond:
             self._cond.notify_all()
 
+    def _submit_deletes(self, idents: list[Ident], reason: str) -> list[Ticket]:
+        """Undo ``idents``, one ticket each (in order). Those of fast in-process commands go in
+        chunks, so a burst of 10,000 expiries is a few hundred log writes and ledger commits
+        instead of 10,000 of each; slow ones (scripts) one task each, in parallel."""
+        tickets: dict[Ident, Ticket] = {}
+        fast: list[Ident] = []
+        for ident in idents:
+            if ident in tickets:
+                continue
+            if self._delete_is_fast(ident[0]):
+                fast.append(ident)
+            else:
+                tickets[ident] = self._submit_delete(ident, reason)
+        for start in range(0, len(fast), self.FAST_CHUNK):
+            chunk = fast[start:start + self.FAST_CHUNK]
+            tickets.update(zip(chunk, self._submit_delete_chunk(chunk, reason), strict=True))
+        return [tickets[ident] for ident in idents]
+
+    def _delete_is_fast(self, command: str) -> bool:
+        # Until a delete was timed, an add's time stands in for it (same responder).
+        cost = self._delete_cost.get(command)
+        if cost is None:
+            cost = self._add_cost.get(command, 1.0)
+        return cost < self.FAST_ADD
+
     def _submit_delete(self, ident: Ident, reason: str) -> Ticket:
         fut = Ticket()
 
@@ -1125,63 +1167,146 @@ class Executor:
             )
         return fut
 
-    def _run_delete(self, ident: Ident, reason: str) -> Result:
-        command, key = ident
-        with self._locks.hold(ident):
-            now = self.clock.now()
-            entry = self.ledger.get(command, key)
-            if entry is None:
-                return Result("", command, "delete", key, "ok", details={"note": "already gone"})
-            if reason == "timeout" and entry.expires_at is not None and entry.expires_at > now:
-                self._schedule(ident, entry.expires_at)  # refreshed after it was popped
-                return Result(entry.order_id, command, "delete", key, "refreshed")
-            plan = _Plan(kind="delete", order=self._order_of(entry), key=key,
-                         expires_at=entry.expires_at, offences=entry.offences)
-            start = time.monotonic()
+    def _submit_delete_chunk(self, idents: list[Ident], reason: str) -> list[Ticket]:
+        futs = [Ticket() for _ in idents]
+
+        def task() -> None:
             try:
-                cmd = self.command(command)
-                request = entry.request()
-                responder = self.responder(cmd)
-                self._log_start(cmd, "delete", request)
-                with procs.deadline_scope(start + self._deadline(cmd)):
-                    responder.delete(request, entry.state or {})
-            except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
-                duration = time.monotonic() - start
-                self._delete_failures[ident] += 1
-                attempt = self._delete_failures[ident]
-                retry = DELETE_RETRY[min(attempt, len(DELETE_RETRY)) - 1]
-                log.error(
-                    "%s delete %s failed (attempt %d, retry in %.0fs): %s",
-                    command, key, attempt, retry, exc,
+                results = self._run_delete_chunk(idents, reason)
+            except BaseException as exc:
+                log.exception("deleting %d entries: unexpected error", len(idents))
+                results = [exc] * len(idents)
+            for fut, result in zip(futs, results, strict=True):
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
+        try:
+            self._undo_pool.submit(task)
+        except RuntimeError:
+            for fut, (command, key) in zip(futs, idents, strict=True):
+                fut.set_result(
+                    Result("", command, "delete", key, "failed", error="executor is stopping")
                 )
-                with_cmd = self.config.command_named(command)
-                if with_cmd is not None:
-                    self._write_ar(self.clock.now(), with_cmd.executable, f"Error: {exc}",
-                                      "Aborted")
-                if not isinstance(exc, StateError):
-                    self._schedule(ident, now + retry)
-                result = self._result(plan, "delete", "failed", error=str(exc), duration=duration,
-                                      details={"reason": reason, "attempt": attempt})
-                self._audit(plan, result)
-                return result
+        return futs
+
+    def _run_delete(self, ident: Ident, reason: str) -> Result:
+        with self._locks.hold(ident):
+            undo = self._undo(ident, reason)
+            if undo.entry is None:
+                return undo.result
+            [retired] = self.ledger.retire_many([undo.entry],
+                                                only_if_unchanged=reason == "timeout")
+            return self._after_undo(undo, retired)
+
+    def _run_delete_chunk(self, idents: list[Ident], reason: str) -> list[Result | BaseException]:
+        """Undo many under all their locks: the responder deletes one by one, the log lines and
+        audit records are written together, then one ledger transaction retires every row (the
+        records still land before the rows go, as in _run_delete)."""
+        with self._locks.hold_all(idents):
+            batch = _Batch(started=time.monotonic())
+            self._tls.batch = batch
+            undos: list[_Undo | BaseException] = []
+            try:
+                entries = self.ledger.get_many(idents)
+                for ident in idents:
+                    try:
+                        undos.append(self._undo(ident, reason, entries.get(ident)))
+                    except Exception as exc:  # this one fails, the rest go on
+                        log.exception("delete %s/%s: unexpected error", *ident)
+                        undos.append(exc)
+            finally:
+                self._tls.batch = None
+                self._flush_batch(batch)
+            done = [u.entry for u in undos if isinstance(u, _Undo) and u.entry is not None]
+            retired = iter(
+                self.ledger.retire_many(done, only_if_unchanged=reason == "timeout")
+                if done else ()
+            )
+            return [
+                u if isinstance(u, BaseException)
+                else u.result if u.entry is None
+                else self._after_undo(u, next(retired))
+                for u in undos
+            ]
+
+    def _undo(
+        self, ident: Ident, reason: str, entry: Entry | _Missing | None = _MISSING
+    ) -> _Undo:
+        """The responder's delete and its log lines and audit record; the result's ``entry`` is
+        set when the ledger row is to be retired (the caller holds the identity's lock).
+        ``entry``: the row read under that lock already (None: there is none)."""
+        command, key = ident
+        now = self.clock.now()
+        if isinstance(entry, _Missing):
+            entry = self.ledger.get(command, key)
+        if entry is None:
+            return _Undo(Result("", command, "delete", key, "ok", details={"note": "already gone"}))
+        if reason == "timeout" and entry.expires_at is not None and entry.expires_at > now:
+            self._schedule(ident, entry.expires_at)  # refreshed after it was popped
+            return _Undo(Result(entry.order_id, command, "delete", key, "refreshed"))
+        try:
+            decoded: Request | None = entry.request()
+        except StateError:
+            decoded = None  # recorded as the delete's failure below
+        plan = _Plan(kind="delete", order=self._order_of(entry, decoded), key=key,
+                     expires_at=entry.expires_at, offences=entry.offences)
+        start = time.monotonic()
+        try:
+            cmd = self.command(command)
+            request = entry.request() if decoded is None else decoded
+            responder = self.responder(cmd)
+            self._log_start(cmd, "delete", request)
+            with procs.deadline_scope(start + self._deadline(cmd)):
+                responder.delete(request, entry.state or {})
+        except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
             duration = time.monotonic() - start
-            self._delete_failures.pop(ident, None)
-            self._write_ar(self.clock.now(), cmd.executable, "Ended")
-            self.counters["delete_ok"] += 1
-            late = max(0.0, now - entry.expires_at) if entry.expires_at is not None else 0.0
-            result = self._result(plan, "delete", "ok", duration=duration,
-                                  details={"reason": reason, "late": round(late, 3)})
-            # Recorded before the row goes: a crash in between repeats the (quiet) delete.
+            self._delete_failures[ident] += 1
+            attempt = self._delete_failures[ident]
+            retry = DELETE_RETRY[min(attempt, len(DELETE_RETRY)) - 1]
+            log.error(
+                "%s delete %s failed (attempt %d, retry in %.0fs): %s",
+                command, key, attempt, retry, exc,
+            )
+            with_cmd = self.config.command_named(command)
+            if with_cmd is not None:
+                self._write_ar(self.clock.now(), with_cmd.executable, f"Error: {exc}",
+                               "Aborted")
+            if not isinstance(exc, StateError):
+                self._schedule(ident, now + retry)
+            result = self._result(plan, "delete", "failed", error=str(exc), duration=duration,
+                                  details={"reason": reason, "attempt": attempt})
             self._audit(plan, result)
-            if not self.ledger.retire(entry, only_if_unchanged=reason == "timeout"):
-                # A repeat offence refreshed the row while the undo ran: put the action back.
-                return self._reapply(cmd, ident, result)
-            self._expiry.pop(ident, None)
-            with self._active_lock:
-                self._active -= 1
-            with self._cond:
-                self._table.cancel(ident)
-            return result
+            return _Undo(result)
+        duration = time.monotonic() - start
+        previous = self._delete_cost.get(cmd.name)
+        self._delete_cost[cmd.name] = (
+            duration if previous is None else previous * 0.9 + duration * 0.1
+        )
+        self._delete_failures.pop(ident, None)
+        self._write_ar(self.clock.now(), cmd.executable, "Ended")
+        self.counters["delete_ok"] += 1
+        late = max(0.0, now - entry.expires_at) if entry.expires_at is not None else 0.0
+        result = self._result(plan, "delete", "ok", duration=duration,
+                              details={"reason": reason, "late": round(late, 3)})
+        # Recorded before the row goes: a crash in between repeats the (quiet) delete.
+        self._audit(plan, result)
+        return _Undo(result, entry, cmd)
+
+    def _after_undo(self, undo: _Undo, retired: bool) -> Result:
+        entry, cmd = undo.entry, undo.cmd
+        assert entry is not None and cmd is not None
+        ident = entry.ident
+        if not retired:
+            # A repeat offence refreshed the row while the undo ran: put the action back.
+            return self._reapply(cmd, ident, undo.result)
+        self._expiry.pop(ident, None)
+        with self._active_lock:
+            self._active -= 1
+        with self._cond:
+            self._table.cancel(ident)
+        return undo.result
 
     def _reapply(self, cmd: CommandConfig, ident: Ident, undone: Result) -> Result:
         entry = self.ledger.get(*ident)
@@ -1201,11 +1326,13 @@ class Executor:
             self._schedule(ident, entry.expires_at)
         return structs.replace(undone, details={**undone.details, "reapplied": True})
 
-    def _order_of(self, entry: Entry) -> Order:
-        try:
-            request = entry.request()
-        except StateError:
-            return Order(id=entry.order_id, command=entry.command, target=Target())
+    def _order_of(self, entry: Entry, request: Request | None = None) -> Order:
+        """The order an entry came from (``request``: its decoded request, if already done)."""
+        if request is None:
+            try:
+                request = entry.request()
+            except StateError:
+                return Order(id=entry.order_id, command=entry.command, target=Target())
         return Order(
             id=entry.order_id, command=entry.command, target=request.target,
             timeout=request.timeout, extra_args=request.extra_args, alert=request.alert,
@@ -1216,12 +1343,10 @@ class Executor:
     def release(self, key_or_order_id: str, command: str | None = None) -> list[Result]:
         """Undo now what matches ``key_or_order_id`` (a key or an order id); wait for it."""
         entries = self.ledger.find(key_or_order_id, command)
-        tickets = []
-        for entry in entries:
-            with self._cond:
+        with self._cond:
+            for entry in entries:
                 self._table.cancel(entry.ident)
-            tickets.append(self._submit_delete(entry.ident, "release"))
-        return [t.result() for t in tickets]
+        return [t.result() for t in self._submit_deletes([e.ident for e in entries], "release")]
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -1408,8 +1533,9 @@ class Executor:
         self._stopping.set()
         self.wake()
         if lift:
-            for entry in self.ledger.entries():
-                self._submit_delete(entry.ident, "stop").result()
+            idents = [entry.ident for entry in self.ledger.entries()]
+            for ticket in self._submit_deletes(idents, "stop"):
+                ticket.result()
         for cancel in list(self._cancels):
             cancel.set()
         for pool in (self._fast_lane, self._pool, self._collect_pool, self._undo_pool):

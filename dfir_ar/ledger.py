@@ -488,6 +488,15 @@ class _Reader:
         )
         return _entry(rows[0]) if rows else None
 
+    def get_many(self, idents: list[tuple[str, str]]) -> dict[tuple[str, str], Entry]:
+        """``get`` of many (command, key) pairs in one query; missing ones are left out."""
+        rows = self._query(
+            _SELECT_ENTRIES + " WHERE (command, key) IN "  # noqa: S608 - constant text; values bound
+            "(SELECT value ->> 0, value ->> 1 FROM json_each(?))",
+            (codec.dumps([list(ident) for ident in idents]),),
+        )
+        return {(str(r[0]), str(r[1])): _entry(r) for r in rows}
+
     def find(self, key_or_order_id: str, command: str | None = None) -> list[Entry]:
         """Entries whose key or order id is ``key_or_order_id`` (optionally of one command)."""
         sql = _SELECT_ENTRIES + " WHERE (key = ? OR order_id = ?)"
@@ -661,18 +670,26 @@ class Ledger(_Reader):
         With ``only_if_unchanged`` nothing happens (False) when a repeat refreshed the row since
         it was read: the undo raced a new offence and the action must stay.
         """
+        return self.retire_many([entry], only_if_unchanged=only_if_unchanged)[0]
+
+    def retire_many(self, entries: list[Entry], *, only_if_unchanged: bool = False) -> list[bool]:
+        """``retire`` of many entries in one transaction (a burst of expiries is one commit)."""
+        done: list[bool] = []
         with self.transaction() as tx:
-            sql = "DELETE FROM entries WHERE command = ? AND key = ? AND order_id = ?"
-            params: tuple[Any, ...] = (entry.command, entry.key, entry.order_id)
-            if only_if_unchanged:
-                sql += " AND expires_at IS ? AND offences = ?"
-                params += (entry.expires_at, entry.offences)
-            if tx._c.execute(sql, params).rowcount == 0 and only_if_unchanged:
-                return False
-            previous, _ = tx.offender(entry.command, entry.key)
-            if entry.offences >= previous:
-                tx.set_offender(entry.command, entry.key, entry.offences, entry.last_offence)
-        return True
+            for entry in entries:
+                sql = "DELETE FROM entries WHERE command = ? AND key = ? AND order_id = ?"
+                params: tuple[Any, ...] = (entry.command, entry.key, entry.order_id)
+                if only_if_unchanged:
+                    sql += " AND expires_at IS ? AND offences = ?"
+                    params += (entry.expires_at, entry.offences)
+                if tx._c.execute(sql, params).rowcount == 0 and only_if_unchanged:
+                    done.append(False)
+                    continue
+                previous, _ = tx.offender(entry.command, entry.key)
+                if entry.offences >= previous:
+                    tx.set_offender(entry.command, entry.key, entry.offences, entry.last_offence)
+                done.append(True)
+        return done
 
     def remove_job(self, order_id: str) -> None:
         self._write("DELETE FROM jobs WHERE order_id = ?", (order_id,))

@@ -414,3 +414,122 @@ def test_slow_adds_do_not_make_an_undo_late(tmp_path: Path, clock: FakeClock) ->
         assert [t.result(10).outcome for t in slow] == ["timeout", "timeout"]
     finally:
         eng.close()
+
+
+class TableResponder(Responder):
+    """In-process and fast (so its expiries go in chunks): a set of keys, one that fails."""
+
+    name: ClassVar[str] = "table"
+    expects: ClassVar[tuple[Arg, ...]] = (Arg.SRCIP,)
+    present: ClassVar[set[str]] = set()
+    refuse_delete: ClassVar[str] = ""
+
+    def key(self, request: Request) -> str:
+        return str(request.target.srcip)
+
+    def add(self, request: Request) -> State:
+        TableResponder.present.add(str(request.target.srcip))
+        return {}
+
+    def delete(self, request: Request, state: State) -> None:
+        key = str(request.target.srcip)
+        if key == TableResponder.refuse_delete:
+            raise ExecutionError("backend said no")
+        TableResponder.present.discard(key)
+
+
+def _burst(count: int) -> list[str]:
+    return [f"203.0.113.{i}" for i in range(16, 16 + min(count, 200))] + [
+        f"2001:db8::{i:x}" for i in range(1, max(0, count - 200) + 1)
+    ]
+
+
+def test_a_burst_of_expiries_is_undone_in_chunks(tmp_path: Path, clock: FakeClock) -> None:
+    TableResponder.present = set()
+    TableResponder.refuse_delete = "203.0.113.17"
+    eng = Engine(tmp_path, _config_with(tmp_path, "table"), clock)
+    try:
+        ex = eng.executor
+        ex.register_responder("table", TableResponder)
+        keys = _burst(600)  # more than two chunks of FAST_CHUNK
+        tickets = ex.accept([order(k, command="table", clock=clock) for k in keys])
+        assert {t.result(10).outcome for t in tickets} == {"ok"}
+        assert TableResponder.present == set(keys)
+        assert ex._delete_is_fast("table")  # the add's time stands in until a delete is timed
+        clock.advance(61)
+        undone = [t.result(20) for t in ex.expire_due()]
+        # One delete failed: only that one is kept and retried; the rest are retired.
+        assert [r.key for r in undone if r.outcome == "failed"] == ["203.0.113.17"]
+        assert len([r for r in undone if r.outcome == "ok"]) == len(keys) - 1
+        assert TableResponder.present == {"203.0.113.17"}
+        assert [e.key for e in eng.ledger.entries()] == ["203.0.113.17"]
+        assert ex.next_deadline() == clock.now() + 5  # DELETE_RETRY[0]
+        records = [r for r in audit(eng) if r["action"] == "delete"]
+        assert len(records) == len(keys)
+        assert {r["details"]["reason"] for r in records} == {"timeout"}  # type: ignore[index]
+        lines = (eng.config.global_.log_dir / "active-responses.log").read_text().splitlines()
+        assert sum(1 for ln in lines if ln.endswith(": Ended")) == 2 * len(keys) - 1
+
+        TableResponder.refuse_delete = ""
+        clock.advance(5)
+        [retry] = [t.result(10) for t in ex.expire_due()]
+        assert (retry.key, retry.outcome) == ("203.0.113.17", "ok")
+        assert TableResponder.present == set() and eng.ledger.entries() == []
+    finally:
+        eng.close()
+
+
+def test_a_repeat_that_lands_during_a_chunk_keeps_its_block(tmp_path: Path,
+                                                             clock: FakeClock) -> None:
+    hook: list[Executor] = []
+
+    class RacingTable(TableResponder):
+        name: ClassVar[str] = "racing-table"
+
+        def delete(self, request: Request, state: State) -> None:
+            super().delete(request, state)
+            if hook and str(request.target.srcip) == "203.0.113.40":
+                ex = hook.pop()
+                ex.accept([order("203.0.113.40", command="racing-table", clock=clock)])
+                ex.flush()
+
+    TableResponder.present = set()
+    TableResponder.refuse_delete = ""
+    eng = Engine(tmp_path, _config_with(tmp_path, "racing-table"), clock)
+    try:
+        ex = eng.executor
+        ex.register_responder("racing-table", RacingTable)
+        keys = [f"203.0.113.{i}" for i in range(30, 50)]
+        for t in ex.accept([order(k, command="racing-table", clock=clock) for k in keys]):
+            assert t.result(10).outcome == "ok"
+        clock.advance(61)
+        hook.append(ex)
+        undone = {r.key: r for r in (t.result(10) for t in ex.expire_due())}
+        assert undone["203.0.113.40"].details.get("reapplied") is True
+        assert TableResponder.present == {"203.0.113.40"}
+        [entry] = eng.ledger.entries()
+        assert (entry.key, entry.offences) == ("203.0.113.40", 2)
+    finally:
+        eng.close()
+
+
+def test_release_and_lift_on_stop_go_through_the_same_chunks(tmp_path: Path,
+                                                             clock: FakeClock) -> None:
+    TableResponder.present = set()
+    TableResponder.refuse_delete = ""
+    eng = Engine(tmp_path, _config_with(tmp_path, "table"), clock)
+    try:
+        ex = eng.executor
+        ex.register_responder("table", TableResponder)
+        keys = _burst(300)
+        for t in ex.accept([order(k, command="table", clock=clock) for k in keys]):
+            assert t.result(10).outcome == "ok"
+        [released] = ex.release("203.0.113.20")
+        assert (released.outcome, released.details["reason"]) == ("ok", "release")
+        ex.shutdown(lift=True)
+        assert TableResponder.present == set() and eng.ledger.entries() == []
+        reasons = [r["details"]["reason"] for r in audit(eng)  # type: ignore[index]
+                   if r["action"] == "delete"]
+        assert reasons.count("stop") == len(keys) - 1 and reasons.count("release") == 1
+    finally:
+        eng.ledger.close()
