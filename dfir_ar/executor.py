@@ -197,6 +197,19 @@ class _Undo(msgspec.Struct):
     cmd: CommandConfig | None = None
 
 
+class _PendingUndo(msgspec.Struct):
+    """A delete whose Starting lines are written and whose responder call is next."""
+
+    ident: Ident
+    reason: str
+    entry: Entry
+    plan: _Plan
+    now: float
+    cmd: CommandConfig
+    request: Request
+    responder: Responder
+
+
 class _Plan(msgspec.Struct):
     kind: str  # add | refresh | collect | refused
     order: Order
@@ -1201,21 +1214,34 @@ class Executor:
             return self._after_undo(undo, retired)
 
     def _run_delete_chunk(self, idents: list[Ident], reason: str) -> list[Result | BaseException]:
-        """Undo many under all their locks: the responder deletes one by one, the log lines and
-        audit records are written together, then one ledger transaction retires every row (the
-        records still land before the rows go, as in _run_delete)."""
+        """Undo many under all their locks: consecutive deletes of a responder that lifts in
+        batches go to one ``delete_many`` call (one kernel transaction), the rest one by one;
+        the log lines and audit records are written together, then one ledger transaction
+        retires every row (the records still land before the rows go, as in _run_delete)."""
         with self._locks.hold_all(idents):
             batch = _Batch(started=time.monotonic())
             self._tls.batch = batch
-            undos: list[_Undo | BaseException] = []
+            undos: list[_Undo | _PendingUndo | BaseException] = []
             try:
                 entries = self.ledger.get_many(idents)
                 for ident in idents:
                     try:
-                        undos.append(self._undo(ident, reason, entries.get(ident)))
+                        undos.append(self._undo_begin(ident, reason, entries.get(ident)))
                     except Exception as exc:  # this one fails, the rest go on
                         log.exception("delete %s/%s: unexpected error", *ident)
                         undos.append(exc)
+                for group in self._delete_groups(undos):
+                    pending = [undos[i] for i in group]
+                    ended: list[_Undo | BaseException]
+                    try:
+                        ended = list(self._delete_group(
+                            [p for p in pending if isinstance(p, _PendingUndo)]
+                        ))
+                    except Exception as exc:  # these fail, the rest go on
+                        log.exception("deleting %d entries: unexpected error", len(group))
+                        ended = [exc] * len(group)
+                    for i, undo in zip(group, ended, strict=True):
+                        undos[i] = undo
             finally:
                 self._tls.batch = None
                 self._flush_batch(batch)
@@ -1224,12 +1250,52 @@ class Executor:
                 self.ledger.retire_many(done, only_if_unchanged=reason == "timeout")
                 if done else ()
             )
-            return [
-                u if isinstance(u, BaseException)
-                else u.result if u.entry is None
-                else self._after_undo(u, next(retired))
-                for u in undos
-            ]
+            out: list[Result | BaseException] = []
+            for u in undos:
+                if isinstance(u, _Undo):
+                    out.append(u.result if u.entry is None else self._after_undo(u, next(retired)))
+                else:
+                    assert isinstance(u, BaseException)  # every pending one was run above
+                    out.append(u)
+            return out
+
+    @staticmethod
+    def _delete_groups(undos: Sequence[object]) -> list[list[int]]:
+        """Indexes of the pending deletes, as runs: consecutive ones of one command whose
+        responder deletes in batches together, every other one alone."""
+        groups: list[list[int]] = []
+        for i, undo in enumerate(undos):
+            if not isinstance(undo, _PendingUndo):
+                continue
+            last = groups[-1] if groups else None
+            if (
+                last is not None
+                and undo.responder.batch_delete
+                and isinstance(prev := undos[last[-1]], _PendingUndo)
+                and prev.cmd is undo.cmd
+                and last[-1] == i - 1
+            ):
+                last.append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    def _delete_group(self, group: list[_PendingUndo]) -> list[_Undo]:
+        first = group[0]
+        if len(group) > 1:
+            start = time.monotonic()
+            try:
+                with procs.deadline_scope(start + self._deadline(first.cmd)):
+                    first.responder.delete_many(
+                        [(p.request, p.entry.state or {}) for p in group]
+                    )
+            except Exception as exc:  # noqa: BLE001 - retried one by one, each recorded
+                log.warning("%s: deleting %d at once failed (%s); deleting them one by one",
+                            first.cmd.name, len(group), exc)
+            else:
+                each = (time.monotonic() - start) / len(group)
+                return [self._undo_end(p, None, each) for p in group]
+        return [self._undo_run(p) for p in group]
 
     def _undo(
         self, ident: Ident, reason: str, entry: Entry | _Missing | None = _MISSING
@@ -1237,6 +1303,14 @@ class Executor:
         """The responder's delete and its log lines and audit record; the result's ``entry`` is
         set when the ledger row is to be retired (the caller holds the identity's lock).
         ``entry``: the row read under that lock already (None: there is none)."""
+        begun = self._undo_begin(ident, reason, entry)
+        return begun if isinstance(begun, _Undo) else self._undo_run(begun)
+
+    def _undo_begin(
+        self, ident: Ident, reason: str, entry: Entry | _Missing | None = _MISSING
+    ) -> _Undo | _PendingUndo:
+        """Everything before the responder's delete: the row, the refreshed-meanwhile check,
+        the Starting lines. An _Undo when it ends here (gone, refreshed or failed)."""
         command, key = ident
         now = self.clock.now()
         if isinstance(entry, _Missing):
@@ -1252,47 +1326,63 @@ class Executor:
             decoded = None  # recorded as the delete's failure below
         plan = _Plan(kind="delete", order=self._order_of(entry, decoded), key=key,
                      expires_at=entry.expires_at, offences=entry.offences)
-        start = time.monotonic()
         try:
             cmd = self.command(command)
             request = entry.request() if decoded is None else decoded
             responder = self.responder(cmd)
             self._log_start(cmd, "delete", request)
-            with procs.deadline_scope(start + self._deadline(cmd)):
-                responder.delete(request, entry.state or {})
         except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
-            duration = time.monotonic() - start
-            self._delete_failures[ident] += 1
-            attempt = self._delete_failures[ident]
-            retry = DELETE_RETRY[min(attempt, len(DELETE_RETRY)) - 1]
-            log.error(
-                "%s delete %s failed (attempt %d, retry in %.0fs): %s",
-                command, key, attempt, retry, exc,
-            )
-            with_cmd = self.config.command_named(command)
-            if with_cmd is not None:
-                self._write_ar(self.clock.now(), with_cmd.executable, f"Error: {exc}",
-                               "Aborted")
-            if not isinstance(exc, StateError):
-                self._schedule(ident, now + retry)
-            result = self._result(plan, "delete", "failed", error=str(exc), duration=duration,
-                                  details={"reason": reason, "attempt": attempt})
-            self._audit(plan, result)
-            return _Undo(result)
-        duration = time.monotonic() - start
+            return self._undo_failed(ident, reason, entry, plan, now, exc, 0.0)
+        return _PendingUndo(ident, reason, entry, plan, now, cmd, request, responder)
+
+    def _undo_run(self, pending: _PendingUndo) -> _Undo:
+        """The responder's delete of one pending undo, then its bookkeeping."""
+        start = time.monotonic()
+        try:
+            with procs.deadline_scope(start + self._deadline(pending.cmd)):
+                pending.responder.delete(pending.request, pending.entry.state or {})
+        except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
+            return self._undo_end(pending, exc, time.monotonic() - start)
+        return self._undo_end(pending, None, time.monotonic() - start)
+
+    def _undo_end(self, p: _PendingUndo, exc: Exception | None, duration: float) -> _Undo:
+        """Log lines and audit record of a delete that ran (``exc``: how it failed)."""
+        if exc is not None:
+            return self._undo_failed(p.ident, p.reason, p.entry, p.plan, p.now, exc, duration)
+        cmd, entry = p.cmd, p.entry
         previous = self._delete_cost.get(cmd.name)
         self._delete_cost[cmd.name] = (
             duration if previous is None else previous * 0.9 + duration * 0.1
         )
-        self._delete_failures.pop(ident, None)
+        self._delete_failures.pop(p.ident, None)
         self._write_ar(self.clock.now(), cmd.executable, "Ended")
         self.counters["delete_ok"] += 1
-        late = max(0.0, now - entry.expires_at) if entry.expires_at is not None else 0.0
-        result = self._result(plan, "delete", "ok", duration=duration,
-                              details={"reason": reason, "late": round(late, 3)})
+        late = max(0.0, p.now - entry.expires_at) if entry.expires_at is not None else 0.0
+        result = self._result(p.plan, "delete", "ok", duration=duration,
+                              details={"reason": p.reason, "late": round(late, 3)})
         # Recorded before the row goes: a crash in between repeats the (quiet) delete.
-        self._audit(plan, result)
+        self._audit(p.plan, result)
         return _Undo(result, entry, cmd)
+
+    def _undo_failed(self, ident: Ident, reason: str, entry: Entry, plan: _Plan, now: float,
+                     exc: Exception, duration: float) -> _Undo:
+        command, key = ident
+        self._delete_failures[ident] += 1
+        attempt = self._delete_failures[ident]
+        retry = DELETE_RETRY[min(attempt, len(DELETE_RETRY)) - 1]
+        log.error(
+            "%s delete %s failed (attempt %d, retry in %.0fs): %s",
+            command, key, attempt, retry, exc,
+        )
+        with_cmd = self.config.command_named(command)
+        if with_cmd is not None:
+            self._write_ar(self.clock.now(), with_cmd.executable, f"Error: {exc}", "Aborted")
+        if not isinstance(exc, StateError):
+            self._schedule(ident, now + retry)
+        result = self._result(plan, "delete", "failed", error=str(exc), duration=duration,
+                              details={"reason": reason, "attempt": attempt})
+        self._audit(plan, result)
+        return _Undo(result)
 
     def _after_undo(self, undo: _Undo, retired: bool) -> Result:
         entry, cmd = undo.entry, undo.cmd

@@ -134,6 +134,15 @@ class Responder(ABC):
         added (the executor then retries them one by one, adds being idempotent)."""
         raise NotImplementedError(f"{self.name} does not add in batches")
 
+    #: True when delete_many lifts many actions in one step (a burst of expiries).
+    batch_delete: ClassVar[bool] = False
+
+    def delete_many(self, items: Sequence[tuple[Request, State]]) -> None:
+        """delete() of many (request, state) pairs at once (only called when ``batch_delete``):
+        all are gone when it returns; raising means the executor retries them one by one,
+        deletes being idempotent."""
+        raise NotImplementedError(f"{self.name} does not delete in batches")
+
     def srcip(self, request: Request) -> IPAddress:
         """The order's address; InvalidArgument naming this responder when it has none."""
         if request.target.srcip is None:

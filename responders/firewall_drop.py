@@ -157,6 +157,7 @@ class FirewallDrop(Responder):
     expects: ClassVar[tuple[Arg, ...]] = (Arg.SRCIP,)
     supports_timeout: ClassVar[bool] = True
     batch_add: ClassVar[bool] = True
+    batch_delete: ClassVar[bool] = True
     version: ClassVar[str] = "1"
     Options: ClassVar[type[BaseModel]] = FirewallDropOptions
 
@@ -324,6 +325,25 @@ class FirewallDrop(Responder):
                 return
             self._unwrite([addr])
         self.context.log.info("firewall-drop: unblocked %s (%s)", addr, self.backend.name)
+
+    def delete_many(self, items: Sequence[tuple[Request, State]]) -> None:
+        """Unblock many addresses in one batch (a burst of expiries): one transaction on
+        nftables, one ``ipset restore``. An address another command still holds stays, with
+        that command's time, as in delete()."""
+        with self.claims.lock:
+            self._ensure()
+            addrs = list(dict.fromkeys(self.srcip(request) for request, _ in items))
+            for request, _ in items:
+                self.claims.release(request.command, self.srcip(request))
+            still = self._blocks(addrs)
+            if still:
+                self._write(still)
+            held = {block.addr for block in still}
+            gone = [addr for addr in addrs if addr not in held]
+            if gone:
+                self._unwrite(gone)
+        self.context.log.info("firewall-drop: unblocked %d address(es) in one batch (%s)",
+                              len(gone), self.backend.name)
 
     def refresh(self, request: Request, state: State, timeout: float | None) -> None:
         addr = self.srcip(request)

@@ -1,8 +1,8 @@
-"""The executor hands a chunk of new firewall-drop blocks to FirewallDrop.add_many: one nftables
-transaction for a flood of attackers, while every order still gets its own log lines, audit
-record and applied mark; and when the batch call fails as a whole, the adds are retried one by
-one. Real nftables in the agent namespace; the executor's threads are started from a thread
-inside it, so they act on its kernel state."""
+"""The executor hands a chunk of new firewall-drop blocks to FirewallDrop.add_many, and a burst of
+expiries to FirewallDrop.delete_many: one nftables transaction for a flood of attackers, while
+every order still gets its own log lines, audit record and ledger row changes; and when the batch
+call fails as a whole, they are retried one by one. Real nftables in the agent namespace; the
+executor's threads are started from a thread inside it, so they act on its kernel state."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import ClassVar
 import pytest
 
 from dfir_ar.arlog import read_audit
+from dfir_ar.clock import FakeClock
 from dfir_ar.config.models import Config
 from dfir_ar.executor import Executor, Ticket
 from dfir_ar.ids import new_id
@@ -24,7 +25,7 @@ from dfir_ar.responder import BatchResult, Request, Target
 from dfir_ar.validate import parse_ip
 from responders.firewall_drop import FirewallDrop
 from tests.conftest import require_tool
-from tests.containment.conftest import InNetns, protected
+from tests.containment.conftest import InNetns, context, protected, req
 from tests.netns import NetPair
 
 COUNT = 300
@@ -55,12 +56,29 @@ class FailsOnce(FirewallDrop):
         return super().add_many(requests)
 
 
+class DeleteFailsOnce(FirewallDrop):
+    """The real responder, whose first batch delete fails as a whole."""
+
+    failed: ClassVar[int] = 0
+
+    def delete_many(self, items: list[tuple[Request, dict[str, object]]]) -> None:  # type: ignore[override]
+        if DeleteFailsOnce.failed == 0:
+            DeleteFailsOnce.failed = 1
+            raise OSError("simulated: netlink buffer full")
+        super().delete_many(items)
+
+
 @pytest.fixture
-def executor(pair: NetPair, agent: InNetns, tmp_path: Path) -> Iterator[Executor]:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def executor(pair: NetPair, agent: InNetns, tmp_path: Path, clock: FakeClock) -> Iterator[Executor]:
     require_tool("nft")
     cfg = _config(tmp_path)
     ledger = Ledger.open(cfg.global_.state_dir)
-    ex = agent(Executor, cfg, ledger, protected=protected(pair))
+    ex = agent(Executor, cfg, ledger, protected=protected(pair), clock=clock)
     try:
         yield ex
     finally:
@@ -124,3 +142,60 @@ def test_a_failed_batch_is_retried_one_by_one_and_nothing_is_lost(
     assert active == {str(o.target.srcip) for o in orders}
     assert not pair.ping_ok(pair.b4)
     assert {e.status for e in executor.ledger.entries()} == {APPLIED}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("fails_once", [False, True])
+def test_a_burst_of_expiries_leaves_the_kernel_in_batches(
+    pair: NetPair, agent: InNetns, executor: Executor, tmp_path: Path, clock: FakeClock,
+    caplog: pytest.LogCaptureFixture, fails_once: bool,
+) -> None:
+    if fails_once:
+        DeleteFailsOnce.failed = 0
+        executor.register_responder("firewall-drop", DeleteFailsOnce)
+    orders = _orders(pair)
+    assert len(_run(agent, executor, orders)) == COUNT
+    assert not pair.ping_ok(pair.b4)
+    clock.advance(601)
+    with caplog.at_level(logging.INFO):
+        undone = [t.result(timeout=60) for t in agent(executor.expire_due)]
+    assert [r.outcome for r in undone] == ["ok"] * COUNT, {r.error for r in undone}
+    assert agent(executor.responder(executor.command("firewall-drop")).active) == set()
+    assert pair.ping_ok(pair.b4), "the attacker is let through again"
+    assert executor.ledger.entries() == []
+    messages = [r.getMessage() for r in caplog.records]
+    batches = [m for m in messages if "unblocked" in m and "in one batch" in m]
+    assert batches, "delete_many was never used"
+    if fails_once:
+        assert DeleteFailsOnce.failed == 1
+        assert any("deleting them one by one" in m for m in messages)
+    else:
+        assert sum(int(m.split("unblocked ")[1].split(" ")[0]) for m in batches) == COUNT
+    audit = read_audit(tmp_path / "log" / "audit.jsonl")
+    deletes = [r for r in audit if r["action"] == "delete" and r["outcome"] == "ok"]
+    assert sorted(r["order_id"] for r in deletes) == sorted(o.id for o in orders)
+    ar_lines = (tmp_path / "log" / "active-responses.log").read_text().splitlines()
+    assert sum(line.endswith(": Ended") for line in ar_lines) == 2 * COUNT
+
+
+@pytest.mark.root
+def test_delete_many_keeps_an_address_another_command_holds(
+    pair: NetPair, agent: InNetns, tmp_path: Path,
+) -> None:
+    require_tool("nft")
+    fw = agent(FirewallDrop, context(tmp_path, protected(pair), backend="nftables",
+                                     table="dfir_ar_batch"))
+    try:
+        extra = str(ipaddress.IPv4Address(BASE + 1))
+        agent(fw.add, req(pair.a4, timeout=600, command="firewall-drop"))
+        agent(fw.add, req(pair.a4, timeout=600, command="firewall-drop-long"))
+        agent(fw.add, req(extra, timeout=600, command="firewall-drop"))
+        agent(fw.delete_many, [(req(pair.a4, command="firewall-drop"), {}),
+                               (req(extra, command="firewall-drop"), {})])
+        assert {str(a) for a in agent(fw.active)} == {pair.a4}
+        assert not pair.ping_ok(pair.b4), "still held by firewall-drop-long"
+        agent(fw.delete_many, [(req(pair.a4, command="firewall-drop-long"), {})])
+        assert agent(fw.active) == set()
+        assert pair.ping_ok(pair.b4)
+    finally:
+        agent(fw.teardown)
