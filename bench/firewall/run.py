@@ -13,7 +13,8 @@ Measures, each repeated ``--reps`` times and reported as the median:
      nftables set elements, and with 100,000 iptables rules;
   4. the 10,000 as orders through the executor (ledger intent and applied mark, three
      active-responses.log lines and an audit record each), with the executor's add_many batches
-     and with one add() per order, against the same iptables -I per address.
+     and with one add() per order, against the same iptables -I per address; then all 10,000
+     expiring at the same second, lifted with delete_many batches and with one delete() each.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dfir_ar.clock import FakeClock
 from dfir_ar.config.models import Config
 from dfir_ar.executor import Executor
 from dfir_ar.ids import new_id
@@ -155,9 +157,10 @@ def bench_env() -> Iterator[tuple[NetPair, InNetns]]:
             runner.close()
 
 
-def executor_flood(count: int, batched: bool) -> float:
+def executor_flood(count: int, batched: bool) -> tuple[float, float]:
     """Seconds from handing ``count`` new firewall-drop orders to a real Executor (threads
-    started inside the agent namespace) until every one has run; all must come back ok."""
+    started inside the agent namespace) until every one has run, all ok; then seconds from
+    their common expiry (a FakeClock moved past it) until every block is lifted and retired."""
     with bench_env() as (_pair, agent), tempfile.TemporaryDirectory(prefix="bench-fw-") as tmp:
         root = Path(tmp)
         cfg = Config.model_validate({
@@ -171,23 +174,31 @@ def executor_flood(count: int, batched: bool) -> float:
             "evidence": {"store": f"file://{root / 'evidence'}"},
         })
         ledger = Ledger.open(cfg.global_.state_dir)
-        saved = FirewallDrop.batch_add
-        FirewallDrop.batch_add = batched
+        saved = FirewallDrop.batch_add, FirewallDrop.batch_delete
+        FirewallDrop.batch_add = FirewallDrop.batch_delete = batched
+        clock = FakeClock(time.time())
         try:
-            ex = agent(Executor, cfg, ledger)
+            ex = agent(lambda: Executor(cfg, ledger, clock=clock))
             orders = [Order(id=new_id(), command="firewall-drop", target=Target(srcip=a),
                             timeout=3600.0) for a in addrs(0, count)]
             start = time.perf_counter()
             tickets = agent(ex.accept, orders)
             outcomes = [t.result(timeout=600).outcome for t in tickets]
             took = time.perf_counter() - start
+            clock.advance(3601)
+            start = time.perf_counter()
+            lifted = [t.result(timeout=600).outcome for t in agent(ex.expire_due)]
+            lift_took = time.perf_counter() - start
+            left = ledger.count_entries()
             ex.shutdown(lift=False)
         finally:
-            FirewallDrop.batch_add = saved
+            FirewallDrop.batch_add, FirewallDrop.batch_delete = saved
             ledger.close()
         if outcomes.count("ok") != count:
             raise SystemExit(f"executor flood: {outcomes.count('ok')}/{count} ok")
-        return took
+        if lifted.count("ok") != count or left:
+            raise SystemExit(f"executor flood: {lifted.count('ok')}/{count} lifted, {left} left")
+        return took, lift_took
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     # 4. the same addresses as orders through the executor ---------------------------------
     batched = [executor_flood(args.count, True) for _ in range(args.reps)]
     single = [executor_flood(args.count, False) for _ in range(args.reps)]
-    res["executor"] = {"batched_s": med(batched), "one_add_each_s": med(single)}
+    res["executor"] = {"batched_s": med([b[0] for b in batched]),
+                       "one_add_each_s": med([s[0] for s in single]),
+                       "lift_batched_s": med([b[1] for b in batched]),
+                       "lift_one_each_s": med([s[1] for s in single])}
 
     res["loadavg_end"] = os.getloadavg()[0]
     b, s, p = res["batch"], res["single_at_big"], res["packet_path_ms"]
@@ -317,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   add_many batches               {e['batched_s']:8.3f} s")
     print(f"   one add() per order            {e['one_add_each_s']:8.3f} s")
     print(f"   ratio iptables -I per address / batched: {peer_s / e['batched_s']:.0f}x")
+    print(f"   all {args.count:,} expiring at the same second, lifted and retired:")
+    print(f"   delete_many batches            {e['lift_batched_s']:8.3f} s")
+    print(f"   one delete() per entry         {e['lift_one_each_s']:8.3f} s")
     if args.json:
         print(json.dumps(res, indent=2))
     return 0
