@@ -444,17 +444,25 @@ def _burst(count: int) -> list[str]:
     ]
 
 
-def test_a_burst_of_expiries_is_undone_in_chunks(tmp_path: Path, clock: FakeClock) -> None:
+def _table_engine(tmp_path: Path, clock: FakeClock, keys: list[str],
+                  responder: type[TableResponder] = TableResponder) -> Engine:
+    """An engine whose ``responder`` holds every key (added through the executor)."""
     TableResponder.present = set()
+    TableResponder.refuse_delete = ""
+    eng = Engine(tmp_path, _config_with(tmp_path, responder.name), clock)
+    eng.executor.register_responder(responder.name, responder)
+    tickets = eng.executor.accept([order(k, command=responder.name, clock=clock) for k in keys])
+    assert {t.result(10).outcome for t in tickets} == {"ok"}
+    assert TableResponder.present == set(keys)
+    return eng
+
+
+def test_a_burst_of_expiries_is_undone_in_chunks(tmp_path: Path, clock: FakeClock) -> None:
+    keys = _burst(600)  # more than two chunks of FAST_CHUNK
+    eng = _table_engine(tmp_path, clock, keys)
     TableResponder.refuse_delete = "203.0.113.17"
-    eng = Engine(tmp_path, _config_with(tmp_path, "table"), clock)
     try:
         ex = eng.executor
-        ex.register_responder("table", TableResponder)
-        keys = _burst(600)  # more than two chunks of FAST_CHUNK
-        tickets = ex.accept([order(k, command="table", clock=clock) for k in keys])
-        assert {t.result(10).outcome for t in tickets} == {"ok"}
-        assert TableResponder.present == set(keys)
         assert ex._delete_is_fast("table")  # the add's time stands in until a delete is timed
         clock.advance(61)
         undone = [t.result(20) for t in ex.expire_due()]
@@ -493,15 +501,9 @@ def test_a_repeat_that_lands_during_a_chunk_keeps_its_block(tmp_path: Path,
                 ex.accept([order("203.0.113.40", command="racing-table", clock=clock)])
                 ex.flush()
 
-    TableResponder.present = set()
-    TableResponder.refuse_delete = ""
-    eng = Engine(tmp_path, _config_with(tmp_path, "racing-table"), clock)
+    eng = _table_engine(tmp_path, clock, [f"203.0.113.{i}" for i in range(30, 50)], RacingTable)
     try:
         ex = eng.executor
-        ex.register_responder("racing-table", RacingTable)
-        keys = [f"203.0.113.{i}" for i in range(30, 50)]
-        for t in ex.accept([order(k, command="racing-table", clock=clock) for k in keys]):
-            assert t.result(10).outcome == "ok"
         clock.advance(61)
         hook.append(ex)
         undone = {r.key: r for r in (t.result(10) for t in ex.expire_due())}
@@ -515,15 +517,10 @@ def test_a_repeat_that_lands_during_a_chunk_keeps_its_block(tmp_path: Path,
 
 def test_release_and_lift_on_stop_go_through_the_same_chunks(tmp_path: Path,
                                                              clock: FakeClock) -> None:
-    TableResponder.present = set()
-    TableResponder.refuse_delete = ""
-    eng = Engine(tmp_path, _config_with(tmp_path, "table"), clock)
+    keys = _burst(300)
+    eng = _table_engine(tmp_path, clock, keys)
     try:
         ex = eng.executor
-        ex.register_responder("table", TableResponder)
-        keys = _burst(300)
-        for t in ex.accept([order(k, command="table", clock=clock) for k in keys]):
-            assert t.result(10).outcome == "ok"
         [released] = ex.release("203.0.113.20")
         assert (released.outcome, released.details["reason"]) == ("ok", "release")
         ex.shutdown(lift=True)
