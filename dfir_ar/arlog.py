@@ -243,11 +243,3 @@ def read_audit(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}: an audit line is not a JSON object: {line[:80]!r}")
         out.append(rec)
     return out
-    for line in path.read_text("utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
