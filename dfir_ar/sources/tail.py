@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 #: Seconds between attempts to set up the inotify watch while the directory does not exist.
 WATCH_RETRY = 1.0
+#: Seconds between looks for a file that does not exist yet, when nothing watches for it: its
+#: first alert may wait this long once; a missing file is not worth a wake-up every 10 ms.
+APPEAR_POLL = 0.1
 #: Most records handed to a BatchHandler at once (one ledger transaction).
 BATCH = 512
 ROTATED_SEARCH_LIMIT = 20_000
@@ -339,7 +342,7 @@ class FileTail:
                 if self.waker is not None:
                     self._idle(stop)
                 else:
-                    stop.wait(max(self.poll_interval, 0.01))
+                    stop.wait(max(self.poll_interval, APPEAR_POLL))
         else:
             return None
         if pos is not None and (st.st_dev, st.st_ino) == (pos.dev, pos.ino):
@@ -400,8 +403,8 @@ class FileTail:
             self.waker = Inotify(self.path.parent)
         except (OSError, AttributeError) as exc:
             if not quiet:
-                log.info("%s: no inotify (%s); polling every %g s until it can watch",
-                         self.name, exc, self.poll_interval)
+                log.info("%s: no inotify (%s); polling (every %g s once the file exists) until "
+                         "it can watch", self.name, exc, self.poll_interval)
         else:
             if quiet:
                 log.info("%s: watching %s with inotify", self.name, self.path.parent)
