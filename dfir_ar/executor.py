@@ -249,10 +249,12 @@ class Executor:
         self.audit = audit or AuditLog(g.log_dir)
         self._registry = registry
         # Separate pools, so one kind of work cannot starve another: eight 10-minute captures
-        # must not hold up a block, and a burst of slow adds must not make an undo late. The
-        # fast lane is one thread for in-process adds (see _dispatch_ready).
+        # must not hold up a block, and a burst of slow adds must not make an undo late. Fast
+        # in-process adds run on one thread per command, their lane (see _dispatch_ready).
         self._pool = ThreadPoolExecutor(max_workers=g.workers, thread_name_prefix="dfir-ar-exec")
-        self._fast_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfir-ar-fast")
+        self._lanes: dict[str, ThreadPoolExecutor] = {}
+        self._lanes_lock = threading.Lock()
+        self._lanes_closed = False
         self._undo_pool = ThreadPoolExecutor(
             max_workers=max(2, g.workers // 4), thread_name_prefix="dfir-ar-undo"
         )
@@ -571,10 +573,11 @@ class Executor:
         refreshes in chunks, an identity always in the same chunk (a repeat runs after the add
         it repeats).
 
-        A batch of only fast commands goes to the fast lane, one thread: spread over several
-        workers they would only take the GIL from each other (bench/engine ran 20% faster on
-        one lane). A batch with a slow one (a script, a kernel call) is spread over every
-        worker, since those wait outside the GIL."""
+        A batch of only fast commands goes to their lanes, one thread per command: spread over
+        several workers they would only take the GIL from each other (bench/engine ran 20%
+        faster on one lane), and a backend that hangs holds up only its own command. A batch
+        with a slow one (a script, a kernel call) is spread over every worker, since those wait
+        outside the GIL."""
         plans, self._ready = self._ready, []
         work: list[_Plan] = []
         slow = False
@@ -590,8 +593,14 @@ class Executor:
         if not work:
             return
         if not slow:
-            for i in range(0, len(work), self.FAST_CHUNK):
-                self._submit_chunk(work[i:i + self.FAST_CHUNK], self._fast_lane)
+            by_command: dict[str, list[_Plan]] = {}
+            for plan in work:
+                assert plan.command is not None
+                by_command.setdefault(plan.command.name, []).append(plan)
+            for name, plans_of in by_command.items():
+                lane = self._lane(name)
+                for i in range(0, len(plans_of), self.FAST_CHUNK):
+                    self._submit_chunk(plans_of[i:i + self.FAST_CHUNK], lane)
             return
         count = min(self.config.global_.workers, len(work))
         if count == 1:
@@ -611,6 +620,18 @@ class Executor:
         for chunk in chunks:
             if chunk:
                 self._submit_chunk(chunk)
+
+    def _lane(self, command: str) -> ThreadPoolExecutor:
+        """``command``'s fast lane (one thread, made on first use)."""
+        with self._lanes_lock:
+            if self._lanes_closed:
+                return self._pool  # stopping: _submit_chunk reports the chunk as not run
+            lane = self._lanes.get(command)
+            if lane is None:
+                lane = self._lanes[command] = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="dfir-ar-fast"
+                )
+            return lane
 
     def _submit_chunk(self, plans: list[_Plan], pool: ThreadPoolExecutor | None = None) -> None:
         try:
@@ -1628,7 +1649,10 @@ class Executor:
                 ticket.result()
         for cancel in list(self._cancels):
             cancel.set()
-        for pool in (self._fast_lane, self._pool, self._collect_pool, self._undo_pool):
+        with self._lanes_lock:
+            self._lanes_closed = True
+            lanes = list(self._lanes.values())
+        for pool in (*lanes, self._pool, self._collect_pool, self._undo_pool):
             pool.shutdown(wait=wait, cancel_futures=False)
         self._committer.close()
 

@@ -445,11 +445,19 @@ def _burst(count: int) -> list[str]:
 
 
 def _table_engine(tmp_path: Path, clock: FakeClock, keys: list[str],
-                  responder: type[TableResponder] = TableResponder) -> Engine:
-    """An engine whose ``responder`` holds every key (added through the executor)."""
+                  responder: type[TableResponder] = TableResponder,
+                  also: type[TableResponder] | None = None) -> Engine:
+    """An engine whose ``responder`` holds every key (added through the executor); ``also``:
+    a second command, registered too."""
     TableResponder.present = set()
     TableResponder.refuse_delete = ""
-    eng = Engine(tmp_path, _config_with(tmp_path, responder.name), clock)
+    raw = _config_with(tmp_path, responder.name).model_dump(by_alias=True, mode="json")
+    if also is not None:
+        raw["command"].append({"name": also.name, "executable": also.name,
+                               "expect": ["srcip"], "timeout_allowed": True})
+    eng = Engine(tmp_path, Config.model_validate(raw), clock)
+    if also is not None:
+        eng.executor.register_responder(also.name, also)
     eng.executor.register_responder(responder.name, responder)
     tickets = eng.executor.accept([order(k, command=responder.name, clock=clock) for k in keys])
     assert {t.result(10).outcome for t in tickets} == {"ok"}
@@ -530,3 +538,35 @@ def test_release_and_lift_on_stop_go_through_the_same_chunks(tmp_path: Path,
         assert reasons.count("stop") == len(keys) - 1 and reasons.count("release") == 1
     finally:
         eng.ledger.close()
+
+
+def test_a_hung_fast_command_holds_up_only_its_own_lane(tmp_path: Path, clock: FakeClock) -> None:
+    gate = threading.Event()
+
+    class Stalling(TableResponder):
+        name: ClassVar[str] = "stalling"
+        stall: ClassVar[bool] = False
+
+        def add(self, request: Request) -> State:
+            if Stalling.stall:
+                gate.wait(30)
+            return super().add(request)
+
+    eng = _table_engine(tmp_path, clock, ["203.0.113.70"], also=Stalling)
+    try:
+        ex = eng.executor
+        assert ex.submit(order("203.0.113.71", command="stalling", clock=clock)).result(10).outcome \
+            == "ok"  # quick: both commands now count as fast
+        Stalling.stall = True
+        stuck = ex.submit(order("203.0.113.72", command="stalling", clock=clock))
+        time.sleep(0.2)  # the stalling lane is now blocked
+        start = time.monotonic()
+        other = ex.submit(order("203.0.113.73", command="table", clock=clock)).result(10)
+        assert other.outcome == "ok" and time.monotonic() - start < 2
+        assert not stuck.done()
+        gate.set()
+        assert stuck.result(10).outcome == "ok"
+    finally:
+        gate.set()
+        Stalling.stall = False
+        eng.close()
