@@ -233,7 +233,7 @@ def test_an_interface_created_mid_capture_is_captured_too(pair: NetPair, tmp_pat
     # The attacker's address lives only on a link that does not exist when the capture starts.
     late_att, late_agt = f"lx{pair.attacker_if[2:]}", f"ly{pair.agent_if[2:]}"
     attacker, agent = "203.0.113.66", "203.0.113.65"
-    proc = start_capture(pair, tmp_path, attacker, "--duration", "6")
+    proc = start_capture(pair, tmp_path, attacker, "--duration", "8")
     try:
         pair.in_attacker("ip", "link", "add", late_att, "type", "veth", "peer", "name", late_agt)
         pair.in_attacker("ip", "link", "set", late_agt, "netns", pair.agent)
