@@ -81,12 +81,11 @@ def main(argv: list[str]) -> int:
         import yara_x
 
         from collectors.yara_file import (
-            READ_MAX,
             ScanResult,
             file_result,
-            file_target,
+            matched_target,
             open_regular,
-            sha256_fd,
+            read_small,
         )
 
         # pread, not read: the workers share the descriptor's file offset.
@@ -141,8 +140,8 @@ def main(argv: list[str]) -> int:
                 size = st.st_size
                 data: bytes | None = None
                 try:
-                    if size <= READ_MAX:
-                        data = os.pread(fd, size, 0) if size else b""
+                    data = read_small(fd, size)
+                    if data is not None:
                         size = len(data)
                         found = scanner.scan(data)
                     else:
@@ -157,9 +156,7 @@ def main(argv: list[str]) -> int:
                     clean += 1
                     clean_bytes += size
                     continue
-                target = file_target(path)
-                target["size"] = st.st_size
-                target["sha256"] = sha256_fd(fd) if data is None else _sha256(data)
+                target = matched_target(path, st, data, fd)
                 results.append(ScanResult(target, records(found, data, fd), size))
             finally:
                 os.close(fd)
@@ -170,12 +167,6 @@ def main(argv: list[str]) -> int:
         }
         write_frame(out_fd, json.dumps(reply, default=_json_default).encode())
     return 0
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib  # only once a file matches (~4 ms to import)
-
-    return hashlib.sha256(data).hexdigest()
 
 
 def _pread_all(fd: int) -> bytes:

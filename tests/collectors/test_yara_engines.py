@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from collectors import yara_scan
+from collectors.yara_file import READ_MAX
 from collectors.yara_scan import YaraScan, YaraSettings
 from collectors.yarax_engine import decode_reply
 from dfir_ar.collector import CollectJob, CollectorContext, Status
@@ -74,7 +74,7 @@ def write_tree(root: Path) -> None:
     """Files read (small) and mapped (over READ_MAX) by the engines, each with several of the
     patterns at random offsets (some at the very start and end)."""
     rnd = random.Random(11)
-    sizes = [0, 40, 3000, 70_000, yara_scan.READ_MAX, yara_scan.READ_MAX + 1, 2 * MiB + 3]
+    sizes = [0, 40, 3000, 70_000, READ_MAX, READ_MAX + 1, 2 * MiB + 3]
     for i in range(60):
         size = sizes[i % len(sizes)]
         data = bytearray(rnd.randbytes(size))
@@ -153,7 +153,7 @@ def test_both_engines_find_what_the_cli_finds_and_write_the_same_lines(
     # Every kind of string was planted and found, in read and in mapped files.
     assert {r for r, *_ in theirs} == {"eng_plain", "eng_nocase", "eng_wide", "eng_hex",
                                        "eng_regex", "eng_xor", "eng_two"}
-    big = {p for _, p, _, _ in theirs if Path(p).stat().st_size > yara_scan.READ_MAX}
+    big = {p for _, p, _, _ in theirs if Path(p).stat().st_size > READ_MAX}
     assert len(big) >= 5
     # A private string ($p of eng_two) is left out by the CLI and by both engines.
     assert not any(ident == "$p" for _, _, ident, _ in theirs)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from collectors import yara_scan
+from collectors.yara_file import READ_MAX
 from collectors.yara_scan import YaraScan
 from collectors.yara_work import (
     FileBatch,
@@ -119,7 +120,7 @@ def write_tree(root: Path, n_small: int) -> dict[str, list[int]]:
             data[at : at + len(PLANT)] = PLANT
             planted[str(path)] = [at]
         path.write_bytes(data)
-    for j, size in enumerate([yara_scan.READ_MAX + 1, 3 * MiB, 5 * MiB + 7]):
+    for j, size in enumerate([READ_MAX + 1, 3 * MiB, 5 * MiB + 7]):
         data = bytearray(rnd.randbytes(size))
         offs = [17, size - len(PLANT)] if j != 1 else []
         for at in offs:
