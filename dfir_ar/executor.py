@@ -34,6 +34,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -859,21 +860,21 @@ class Executor:
             msg = wazuh_message(
                 action, cmd.executable, self._alert_dict(request), request.extra_args, self._node
             )
-            self._write_ar(now, cmd.executable, "Starting", _dumps(msg))
+            self._write_ar(now, cmd.executable, "Starting", codec.dumps(msg))
             return
-        # The same JSON wazuh_message(...) gives (tests compare), built around the alert's text
-        # instead of copying the alert into a new dict tree: this runs for every alert.
+        # The JSON wazuh_message(...) gives, built around the alert's text instead of copying
+        # the alert into a new dict tree (this runs for every alert): the text before and after
+        # the alert comes from wazuh_message itself, encoded once with a marker in its place.
         parts = (action, cmd.executable, request.extra_args)
         frame = self._start_frames.get(parts)
         if frame is None:
-            frame = self._start_frames[parts] = (
-                f'{{"version":1,"origin":{{"name":{_dumps(self._node)},'
-                f'"module":"wazuh-execd"}},"command":{_dumps(action)},"parameters":'
-                f'{{"extra_args":{_dumps(list(request.extra_args))},"alert":'.encode(),
-                f',"program":{_dumps("active-response/bin/" + cmd.executable)}}}}}'.encode(),
-            )
+            msg = wazuh_message(action, cmd.executable, {}, request.extra_args, self._node)
+            msg["parameters"]["alert"] = _ALERT_SLOT
+            head, slot, tail = codec.dumpb(msg).partition(b'"' + _ALERT_SLOT.encode() + b'"')
+            assert slot, "the alert marker is in the encoded message"
             if len(self._start_frames) > 1024:  # extra_args vary: keep it bounded
                 self._start_frames.clear()
+            frame = self._start_frames[parts] = (head, tail)
         data = self.ar_log.encode_lines(
             now, cmd.executable, (b"Starting", frame[0] + body + frame[1])
         )
@@ -951,10 +952,7 @@ class Executor:
         cmd, key = plan.command, plan.key
         assert cmd is not None and key is not None
         ident = (cmd.name, key)
-        previous = self._add_cost.get(cmd.name)
-        self._add_cost[cmd.name] = (
-            duration if previous is None else previous * 0.9 + duration * 0.1
-        )
+        _note_cost(self._add_cost, cmd.name, duration)
         # A repeat may have refreshed the timer while this add ran (in-memory, see _expiry).
         expires_at = self._expiry.get(ident, plan.expires_at)
         self._write_ar(self.clock.now(), cmd.executable, "Ended")
@@ -1044,9 +1042,9 @@ class Executor:
                 "never" if remaining is None else f"{remaining:.0f}s",
             )
             result = self._result(
-                plan, "refresh", "refreshed", error=error, duration=time.monotonic() - start
+                plan, "refresh", "refreshed", error=error, duration=time.monotonic() - start,
+                expires_at=entry.expires_at,
             )
-            result = structs.replace(result, expires_at=entry.expires_at)
             self._audit(plan, result)
             return result
 
@@ -1230,8 +1228,7 @@ class Executor:
             undo = self._undo(ident, reason)
             if undo.entry is None:
                 return undo.result
-            [retired] = self.ledger.retire_many([undo.entry],
-                                                only_if_unchanged=reason == "timeout")
+            retired = self.ledger.retire(undo.entry, only_if_unchanged=reason == "timeout")
             return self._after_undo(undo, retired)
 
     def _run_delete_chunk(self, idents: list[Ident], reason: str) -> list[Result | BaseException]:
@@ -1353,7 +1350,7 @@ class Executor:
             responder = self.responder(cmd)
             self._log_start(cmd, "delete", request)
         except Exception as exc:  # noqa: BLE001 - a plug-in failure is recorded, not fatal
-            return self._undo_failed(ident, reason, entry, plan, now, exc, 0.0)
+            return self._undo_failed(ident, reason, plan, now, exc, 0.0)
         return _PendingUndo(ident, reason, entry, plan, now, cmd, request, responder)
 
     def _undo_run(self, pending: _PendingUndo) -> _Undo:
@@ -1369,12 +1366,9 @@ class Executor:
     def _undo_end(self, p: _PendingUndo, exc: Exception | None, duration: float) -> _Undo:
         """Log lines and audit record of a delete that ran (``exc``: how it failed)."""
         if exc is not None:
-            return self._undo_failed(p.ident, p.reason, p.entry, p.plan, p.now, exc, duration)
+            return self._undo_failed(p.ident, p.reason, p.plan, p.now, exc, duration)
         cmd, entry = p.cmd, p.entry
-        previous = self._delete_cost.get(cmd.name)
-        self._delete_cost[cmd.name] = (
-            duration if previous is None else previous * 0.9 + duration * 0.1
-        )
+        _note_cost(self._delete_cost, cmd.name, duration)
         self._delete_failures.pop(p.ident, None)
         self._write_ar(self.clock.now(), cmd.executable, "Ended")
         self.counters["delete_ok"] += 1
@@ -1385,8 +1379,9 @@ class Executor:
         self._audit(p.plan, result)
         return _Undo(result, entry, cmd)
 
-    def _undo_failed(self, ident: Ident, reason: str, entry: Entry, plan: _Plan, now: float,
+    def _undo_failed(self, ident: Ident, reason: str, plan: _Plan, now: float,
                      exc: Exception, duration: float) -> _Undo:
+        """A delete that failed: logged and audited, retried later (the row stays)."""
         command, key = ident
         self._delete_failures[ident] += 1
         attempt = self._delete_failures[ident]
@@ -1395,7 +1390,7 @@ class Executor:
             "%s delete %s failed (attempt %d, retry in %.0fs): %s",
             command, key, attempt, retry, exc,
         )
-        with_cmd = self.config.command_named(command)
+        with_cmd = self._commands.get(command)
         if with_cmd is not None:
             self._write_ar(self.clock.now(), with_cmd.executable, f"Error: {exc}", "Aborted")
         if not isinstance(exc, StateError):
@@ -1657,7 +1652,15 @@ class Executor:
         self._committer.close()
 
 
-_dumps = codec.dumps
+def _note_cost(costs: dict[str, float], command: str, duration: float) -> None:
+    """Fold one execution's duration into ``command``'s moving average (fast or slow?)."""
+    previous = costs.get(command)
+    costs[command] = duration if previous is None else previous * 0.9 + duration * 0.1
+
+
+# Stands for the alert in a Wazuh input-JSON message while its frame is encoded (_log_start);
+# random, so no configured name or argument can contain it.
+_ALERT_SLOT = f"dfir-ar-alert-{uuid.uuid4().hex}"
 
 
 class _LiveEntries(Sequence[LiveEntry]):

@@ -674,13 +674,14 @@ class Ledger(_Reader):
 
     def retire_many(self, entries: list[Entry], *, only_if_unchanged: bool = False) -> list[bool]:
         """``retire`` of many entries in one transaction (a burst of expiries is one commit)."""
+        sql = "DELETE FROM entries WHERE command = ? AND key = ? AND order_id = ?"
+        if only_if_unchanged:
+            sql += " AND expires_at IS ? AND offences = ?"
         done: list[bool] = []
         with self.transaction() as tx:
             for entry in entries:
-                sql = "DELETE FROM entries WHERE command = ? AND key = ? AND order_id = ?"
                 params: tuple[Any, ...] = (entry.command, entry.key, entry.order_id)
                 if only_if_unchanged:
-                    sql += " AND expires_at IS ? AND offences = ?"
                     params += (entry.expires_at, entry.offences)
                 if tx._c.execute(sql, params).rowcount == 0 and only_if_unchanged:
                     done.append(False)
