@@ -653,11 +653,14 @@ class _Run:
 
     def _worker(self) -> None:
         while (work := self._queue.get()) is not None:
-            try:
-                done: BatchDone | BaseException = self._scan(work)
-            except BaseException as exc:  # noqa: BLE001 - handed to the collecting thread, raised there
-                done = exc
-            self._results.put(done)
+            self._results.put(self._answer(work))
+
+    def _answer(self, work: Work) -> BatchDone | BaseException:
+        """``work`` scanned here, or what went wrong (raised by the collecting thread)."""
+        try:
+            return self._scan(work)
+        except BaseException as exc:  # noqa: BLE001 - handed to the collecting thread, raised there
+            return exc
 
     def _proxy(self, rules_fd: int) -> None:
         """A YARA-X worker process's feeder: sends it batches from the queue (PIPELINE ahead),
@@ -677,12 +680,11 @@ class _Run:
                     if work is None:
                         ended = True
                     elif isinstance(work, PidWork):
-                        self._results.put(self._scan(work))
+                        self._results.put(self._answer(work))
                     else:
                         inflight.append(work)
                         worker.send(work, self._timeout(), self.max_size)
-                if inflight and worker.readable(POLL):
-                    done = worker.receive()
+                if inflight and (done := worker.poll(POLL)) is not None:
                     inflight.popleft()
                     self._results.put(done)
         except yarax_engine.WorkerDied as exc:

@@ -27,9 +27,10 @@ from typing import Any
 import collectors
 from collectors.yara_file import BatchDone, ScanResult
 from collectors.yara_work import FileBatch
-from collectors.yarax_worker import read_frame, write_frame
+from collectors.yarax_worker import MAX_FRAME, frame_bytes
 
 WORKER = str(Path(__file__).with_name("yarax_worker.py"))
+FRAME_HEADER = 4  # a frame's big-endian length (yarax_worker._HEADER)
 STOP_WAIT = 2.0
 """Seconds a worker may take to exit after its input is closed before it is killed."""
 
@@ -192,16 +193,29 @@ class WorkerProcess:
         finally:
             os.close(in_r)
             os.close(out_w)
+        # Neither end ever blocks this side: a batch frame waits in _out while the worker is
+        # busy writing a reply (both can be larger than a pipe holds), a reply collects in _in.
+        os.set_blocking(self._w, False)
+        self._out = bytearray()
+        self._in = bytearray()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def send(self, batch: FileBatch, timeout: int, max_size: int) -> None:
+        """Queue a batch for the worker; written as the pipe takes it (see poll)."""
         frame = {"timeout": timeout, "max_size": max_size,
                  "files": [[f.path, f.size] for f in batch.files]}
+        self._out += frame_bytes(json.dumps(frame).encode())
+        self._flush()
+
+    def _flush(self) -> None:
         try:
-            write_frame(self._w, json.dumps(frame).encode())
+            while self._out:
+                del self._out[:os.write(self._w, self._out)]
+        except BlockingIOError:
+            pass
         except OSError as exc:  # EPIPE: it exited
             raise WorkerDied(self._exit_text(f"input pipe: {exc.strerror}")) from None
 
@@ -209,14 +223,39 @@ class WorkerProcess:
         ready, _, _ = select.select([self._r], [], [], wait)
         return bool(ready)
 
-    def receive(self) -> BatchDone:
-        """The next reply (blocking); WorkerDied if the process ended or sent something else."""
-        try:
-            frame = read_frame(self._r)
-        except (EOFError, OSError, ValueError) as exc:
-            raise WorkerDied(self._exit_text(f"reply cut short ({exc})")) from None
-        if frame is None:
-            raise WorkerDied(self._exit_text("exited"))
+    def poll(self, wait: float) -> BatchDone | None:
+        """The next whole reply, or None after at most ``wait`` seconds; meanwhile queued batches
+        are written as the pipe takes them. Never blocks longer, so the caller checks its
+        deadline at least that often even against a worker that stalls mid-frame.
+        WorkerDied if the process ended or sent something that is not a reply."""
+        reply = self._next_reply()
+        if reply is not None:
+            return reply
+        readable, writable, _ = select.select([self._r], [self._w] if self._out else [], [], wait)
+        if writable:
+            self._flush()
+        if readable:
+            try:
+                chunk = os.read(self._r, 1 << 20)
+            except OSError as exc:
+                raise WorkerDied(self._exit_text(f"reply pipe: {exc.strerror}")) from None
+            if not chunk:
+                raise WorkerDied(self._exit_text(
+                    f"reply cut short ({len(self._in)} bytes of a frame)" if self._in else "exited"
+                ))
+            self._in += chunk
+        return self._next_reply()
+
+    def _next_reply(self) -> BatchDone | None:
+        if len(self._in) < FRAME_HEADER:
+            return None
+        size = int.from_bytes(self._in[:FRAME_HEADER], "big")
+        if size > MAX_FRAME:
+            raise WorkerDied(self._exit_text(f"reply of {size} bytes; at most {MAX_FRAME}"))
+        if len(self._in) < FRAME_HEADER + size:
+            return None
+        frame = bytes(self._in[FRAME_HEADER:FRAME_HEADER + size])
+        del self._in[:FRAME_HEADER + size]
         try:
             return decode_reply(frame)
         except ValueError as exc:

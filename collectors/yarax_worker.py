@@ -59,8 +59,13 @@ def _read_exact(fd: int, size: int, *, eof_ok: bool) -> bytes | None:
     return bytes(buf)
 
 
+def frame_bytes(payload: bytes) -> bytes:
+    """``payload`` as one frame: its length, then the bytes."""
+    return _HEADER.pack(len(payload)) + payload
+
+
 def write_frame(fd: int, payload: bytes) -> None:
-    data = memoryview(_HEADER.pack(len(payload)) + payload)
+    data = memoryview(frame_bytes(payload))
     while data:
         data = data[os.write(fd, data):]
 

@@ -10,6 +10,7 @@ import random
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -335,3 +336,28 @@ def test_a_reply_frame_longer_than_the_limit_is_refused_before_it_is_read() -> N
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_batches_and_replies_bigger_than_a_pipe_do_not_stall_the_worker(
+    tmp_path: Path, rules_file: Path, bundle_writer: Callable[..., BundleWriter],
+) -> None:
+    # Long paths make each batch frame ~200 KB and many matches make each reply ~200 KB: with
+    # a blocking write on each side, the feeder (sending the next batch) and the worker
+    # (replying to the previous one) would wait on each other for ever, deadline and all.
+    tree = tmp_path / "tree"
+    deep = tree.joinpath(*(f"{i:02d}" + "d" * 198 for i in range(14)))
+    deep.mkdir(parents=True)
+    for i in range(256):
+        (deep / f"{i:03d}{'f' * 60}").write_bytes((b"." + PLAIN) * 20)
+    done: list[tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]] = []
+    runner = threading.Thread(
+        target=lambda: done.append(collect(tmp_path, rules_file, tree, bundle_writer("yara"),
+                                           engine="yara-x")),
+        daemon=True,
+    )
+    runner.start()
+    runner.join(90)
+    assert done, "the collection stalled"
+    outcome, matches, problems = done[0]
+    assert outcome.status is Status.OK and outcome.details["engine"] == "yara-x"
+    assert len({m["target"]["path"] for m in matches}) == 256 and problems == []
