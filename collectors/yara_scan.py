@@ -789,17 +789,18 @@ class _Run:
         self._requested = requested
         self._pids_total = len(pids)
         self._files_wanted = bool(roots)
-        rules_fd = yarax_engine.rules_memfd(self.yarax) if self.yarax is not None else -1
-        target = self._worker if rules_fd < 0 else functools.partial(self._proxy, rules_fd)
-        threads = [
-            threading.Thread(target=target, name=f"yara-{i}", daemon=True)
-            for i in range(self.s.threads)
-        ]
         with (
             self.sink.artifact("matches.jsonl", "application/x-ndjson") as matches,
             self.sink.artifact("problems.jsonl", "application/x-ndjson") as problems,
         ):
             self._matches, self._problems = matches, problems
+            # Made once the artifacts are open: nothing between here and its close can raise.
+            rules_fd = yarax_engine.rules_memfd(self.yarax) if self.yarax is not None else -1
+            target = self._worker if rules_fd < 0 else functools.partial(self._proxy, rules_fd)
+            threads = [
+                threading.Thread(target=target, name=f"yara-{i}", daemon=True)
+                for i in range(self.s.threads)
+            ]
             for t in threads:
                 t.start()
             fed = False

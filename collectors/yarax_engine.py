@@ -134,9 +134,7 @@ def _load(path: Path) -> bytes | None:
     try:
         blob = path.read_bytes()
         yara_x.Rules.deserialize_from(io.BytesIO(blob))  # corrupt or another version: recompile
-    except (OSError, ValueError, yara_x.CompileError):
-        return None
-    except Exception:  # noqa: BLE001 - whatever the binding raises for bad bytes: recompile
+    except Exception:  # noqa: BLE001 - unreadable, or whatever the binding raises: recompile
         return None
     return blob
 
@@ -296,6 +294,10 @@ class WorkerProcess:
             self.proc.wait()
 
 
+# What a file's result can be (a process's "vanished" never comes from a worker).
+_FILE_KINDS = frozenset({"", "unreadable", "timeout", "skipped"})
+
+
 def decode_reply(frame: bytes) -> BatchDone:
     """A worker's reply, checked for shape (it comes from a process that parsed hostile files)."""
     try:
@@ -307,7 +309,8 @@ def decode_reply(frame: bytes) -> BatchDone:
     if "fatal" in reply:
         raise ValueError(str(reply["fatal"]))
     clean, clean_bytes, raw = reply.get("clean"), reply.get("clean_bytes"), reply.get("results")
-    if not (isinstance(clean, int) and isinstance(clean_bytes, int) and isinstance(raw, list)):
+    if not (isinstance(clean, int) and isinstance(clean_bytes, int) and isinstance(raw, list)
+            and clean >= 0 and clean_bytes >= 0):
         raise ValueError("reply lacks clean, clean_bytes or results")
     results = []
     for item in raw:
@@ -316,7 +319,8 @@ def decode_reply(frame: bytes) -> BatchDone:
         target, matches, scanned, error, kind = item
         if not (isinstance(target, dict) and target.get("type") == "file"
                 and isinstance(target.get("path"), str) and isinstance(matches, list)
-                and isinstance(scanned, int) and isinstance(error, str) and isinstance(kind, str)):
+                and isinstance(scanned, int) and scanned >= 0 and isinstance(error, str)
+                and kind in _FILE_KINDS):
             raise ValueError("malformed result")
         results.append(ScanResult(target, matches, scanned, error, kind))
     return BatchDone(clean, clean_bytes, results)

@@ -317,7 +317,10 @@ def test_replies_are_checked_before_use() -> None:
     for bad in (b"not json", b"[]", b'{"fatal": "cannot start: ImportError()"}',
                 json.dumps({**ok, "clean": "2"}).encode(),
                 json.dumps({**ok, "results": [[{"type": "process", "pid": 1}, [], 0, "", ""]]}).encode(),
-                json.dumps({**ok, "results": [[{"type": "file", "path": "/x"}, [], 0, ""]]}).encode()):
+                json.dumps({**ok, "results": [[{"type": "file", "path": "/x"}, [], 0, ""]]}).encode(),
+                json.dumps({**ok, "results": [[{"type": "file", "path": "/x"}, [], 0, "",
+                                               "vanished"]]}).encode(),
+                json.dumps({**ok, "clean": -1}).encode()):
         with pytest.raises(ValueError):
             decode_reply(bad)
 
