@@ -851,8 +851,9 @@ class Executor:
         raw = None if alert is None else alert.raw
         body: bytes | None = None
         if isinstance(raw, RawAlert):
-            # The alerts.json line as received (one line, line-safe): no decode, no encode.
-            body = raw.json
+            # Re-encoded from the decoded object, not the line as received: a line with a key
+            # twice would show both in the log while the engine acted on the last one.
+            body = codec.dumpb(raw.decoded())
         elif raw and isinstance(raw, dict):
             body = codec.dumpb(raw)
         now = self.clock.now()

@@ -2,9 +2,8 @@
 
 The engine reads a dozen fields of each alert (decoded straight into typed fields by
 dfir_ar.parsers); the whole object is needed only when a Wazuh-protocol script is handed the
-alert, and even then the executor can embed the original text instead of decoding and encoding
-it again. The line (~0.6 KiB for an sshd alert) also takes a fifth of the memory of its dict
-tree (~3 KiB) while alerts wait in queues.
+alert or the alert is written into a log. The line (~0.6 KiB for an sshd alert) also takes a
+fifth of the memory of its dict tree (~3 KiB) while alerts wait in queues.
 """
 
 from __future__ import annotations
@@ -50,8 +49,9 @@ class RawAlert(_MappingStruct, gc=False, eq=False):
 
     @property
     def json(self) -> bytes:
-        """The object's JSON text, as received, on one line: safe to embed verbatim in a JSON
-        log record (no CR, LF, U+0085, U+2028 or U+2029; see :func:`one_line`)."""
+        """The object's JSON text, as received, on one line (no CR, LF, U+0085, U+2028 or
+        U+2029; see :func:`one_line`). Not what the engine read when a key occurs twice (it
+        keeps the last): records of what was done encode :meth:`decoded` instead."""
         text = self._json
         if text is None:
             text = self._json = one_line(self._line)

@@ -570,3 +570,27 @@ def test_a_hung_fast_command_holds_up_only_its_own_lane(tmp_path: Path, clock: F
         gate.set()
         Stalling.stall = False
         eng.close()
+
+
+def test_the_logged_alert_is_the_one_acted_on_when_a_key_occurs_twice(
+    tmp_path: Path, clock: FakeClock,
+) -> None:
+    # The engine (like every last-wins JSON reader) acts on the last srcip; a first-wins reader
+    # of active-responses.log (Wazuh's cJSON) must not be shown another address.
+    from dfir_ar.parsers import parse_wazuh_line
+    from dfir_ar.pipeline import Pipeline
+
+    line = (b'{"timestamp":"2026-11-22T08:00:10.000+0000","rule":{"level":10,"id":"5712",'
+            b'"groups":["sshd"]},"agent":{"id":"000","name":"a"},"id":"1.1",'
+            b'"data":{"srcip":"198.51.100.99","srcip":"203.0.113.66"}}')
+    eng = Engine(tmp_path, engine_config(tmp_path), clock)
+    try:
+        alert = parse_wazuh_line(line)
+        [decision] = Pipeline(eng.config, []).decide(alert, clock.now())
+        assert decision.order is not None
+        assert eng.executor.submit(decision.order).result(10).outcome == "ok"
+        assert eng.deny_lines() == ["ALL: 203.0.113.66"]
+        log_text = (eng.config.global_.log_dir / "active-responses.log").read_text()
+        assert "203.0.113.66" in log_text and "198.51.100.99" not in log_text
+    finally:
+        eng.close()
