@@ -26,7 +26,7 @@ from dfir_ar.errors import UsageError
 from dfir_ar.executor import Executor, Result, protected_networks
 from dfir_ar.ledger import Ledger, StateLock
 from dfir_ar.order import Order
-from dfir_ar.pipeline import not_here
+from dfir_ar.pipeline import Decision, not_here
 from dfir_ar.responder import Responder
 from dfir_ar.sources.base import AlertSource, Cursor, Rejected
 from dfir_ar.validate import IPNetwork
@@ -216,27 +216,32 @@ class Service:
         and the cursor are recorded in one ledger transaction (all or none), so a batch costs
         one hand-off to the ledger writer instead of one per alert."""
         assert self.executor is not None and self.ledger is not None
-        orders: list[Order] = []
-        now = self.clock.now()
+        # Each alert's decisions, in order; logged, audited and filtered after the lock, so a
+        # flood of refusals does not hold up other sources on file writes.
+        decided: list[tuple[Alert, Decision]] = []
         with self._decide_lock:
+            # Read under the lock: a source that waited for it must not decide (and make order
+            # ids) with a time older than the batch before it.
+            now = self.clock.now()
             for item in items:
                 if not isinstance(item, Alert):
                     self.counters["rejected"] += 1
                     log.warning("rejected alert record: %s: %s", item.reason, item.excerpt)
                     continue
                 self.counters["alerts"] += 1
-                for d in self.pipeline.decide(item, now):
-                    if d.order is None:
-                        self.counters["refused"] += 1
-                        log.warning(
-                            "alert %s (rule %s, srcip %r): %s not run: %s",
-                            item.id, item.rule_id, item.srcip, d.command or "response",
-                            d.refused,
-                        )
-                        _audit_refusal(self.audit, now, item, d.command, d.refused or "")
-                        continue
-                    if self._runs_here(d.order):
-                        orders.append(d.order)
+                decided.extend((item, d) for d in self.pipeline.decide(item, now))
+        orders: list[Order] = []
+        for item, d in decided:
+            if d.order is not None:
+                if self._runs_here(d.order):
+                    orders.append(d.order)
+                continue
+            self.counters["refused"] += 1
+            log.warning(
+                "alert %s (rule %s, srcip %r): %s not run: %s",
+                item.id, item.rule_id, item.srcip, d.command or "response", d.refused,
+            )
+            _audit_refusal(self.audit, now, item, d.command, d.refused or "")
         self.counters["orders"] += len(orders)
         if orders or cursor is not None:
             # Even with no order (a rejected record, a refused alert) the cursor goes through
