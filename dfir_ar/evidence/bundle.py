@@ -574,13 +574,14 @@ def _publish(
 
 
 class _HashingRaw(io.RawIOBase):
-    """Passes bytes to the file and hashes them: the compressed frame's SHA-256 for the trailer,
-    and the whole file's (frame + trailer) for the digest file the uploader uses."""
+    """Passes bytes to the file and hashes them once: the compressed frame's SHA-256 for the
+    trailer, and from a copy of that state plus the trailer, the whole file's (the digest file
+    the uploader uses)."""
 
     def __init__(self, raw: IO[bytes]) -> None:
         self._raw = raw
         self._hash = hashlib.sha256()
-        self.whole = hashlib.sha256()
+        self.whole = self._hash
         self.size = 0
 
     def writable(self) -> bool:
@@ -588,13 +589,13 @@ class _HashingRaw(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         self._hash.update(data)
-        self.whole.update(data)
         self._raw.write(data)
         self.size += len(data)
         return len(data)
 
     def write_trailer(self, data: bytes) -> None:
         """Bytes after the frame: in the file and the whole-file hash, not the frame hash."""
+        self.whole = self._hash.copy()
         self.whole.update(data)
         self._raw.write(data)
         self.size += len(data)
