@@ -25,7 +25,8 @@ from dfir_ar.collector import ArtifactWriter
 T = TypeVar("T")
 
 WINDOW = 8
-"""Pieces taken but not yet written, at most: bounds the memory held by a stalled writer."""
+"""Pieces taken but not yet written, at most (at least twice the workers): bounds the memory
+held by a stalled writer."""
 PROGRESS_EVERY = 256 << 20
 """Bytes between progress reports (each is a log line)."""
 
@@ -148,7 +149,9 @@ def dump(
         report.written += size
         holes.extend(found)
 
-    seq_er: Sequencer[tuple[bytes, int, list[elfcore.Hole]]] = Sequencer(1 + len(chunks), store)
+    seq_er: Sequencer[tuple[bytes, int, list[elfcore.Hole]]] = Sequencer(
+        1 + len(chunks), store, window=max(WINDOW, 2 * workers)
+    )
 
     reported = 0
 

@@ -687,8 +687,10 @@ class ProcessMemory:
                 holes[-1] = (holes[-1][0], pos + step, why)
             else:
                 # A new hole: if the process is gone, every later read fails too; stop instead
-                # of zero-filling the rest page by page.
-                if not os.path.exists(f"/proc/{self.pid}"):
+                # of zero-filling the rest page by page (the pidfd, when there is one, cannot be
+                # fooled by the pid's reuse).
+                gone = self._exited() if self._pidfd >= 0 else not os.path.exists(f"/proc/{self.pid}")
+                if gone:
                     raise ProcessGone
                 holes.append((pos, pos + step, why))
             view[off : off + step] = _ZEROS[:step]
@@ -711,7 +713,8 @@ def dump_core(
     fast: bool = True,
 ) -> DumpReport:
     """Stream ``pid``'s core file into ``write``, on this thread. ``should_stop`` returns a
-    reason to stop or ''. (collectors/memory.py runs the same reads on several threads.)
+    reason to stop or ''. The memory collector runs the same reads on several threads
+    (collectors/memory_frames.py); this one-thread dump is what tests compare it with.
 
     Raises ProcessLookupError if the process is gone before the dump starts and PermissionError
     if /proc/PID/mem cannot be opened (needs root or CAP_SYS_PTRACE).

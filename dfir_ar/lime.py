@@ -259,8 +259,9 @@ def acquire(
     report.source = str(src)
     report.missing = missing
     total = plan.image_size
-    buf = bytearray(chunk)
+    buf = bytearray(0 if lender is not None else chunk)
     view = memoryview(buf)
+    need_buffer = lender is not None  # a lent buffer is replaced only once it was handed over
     fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
         for part in _split(pieces, SPLIT):
@@ -284,9 +285,10 @@ def acquire(
             report.ranges.append(p)
             done = 0
             while done < size:
-                if lender is not None:
+                if lender is not None and need_buffer:
                     buf = lender.buffer()
                     view = memoryview(buf)
+                    need_buffer = False
                 want = min(len(buf), size - done)
                 try:
                     got = os.preadv(fd, [view[:want]], p.offset + done)
@@ -301,6 +303,7 @@ def acquire(
                     write(memoryview(bytes(got)))
                 elif lender is not None:
                     lender.write_owned(buf, got)
+                    need_buffer = True
                 else:
                     write(view[:got])
                 done += got
