@@ -190,6 +190,9 @@ class _Capture:
     """Why capture on this interface ended early (it went down or was deleted)."""
     ring: _Ring | None = None
     """The TPACKET_V3 ring, or None when the kernel refused one (then recvmsg per packet)."""
+    label: str = ""
+    """Its name in the manifest: the interface's, with its index added when an earlier
+    interface of the same name (deleted meanwhile) was captured too."""
 
     def read_stats(self) -> None:
         # PACKET_STATISTICS resets the counters on every read: accumulate.
@@ -313,7 +316,7 @@ class Pcap(Collector):
                     # "Every interface" includes those that appear while the capture runs (a VPN
                     # tunnel, a container's veth): looked for every RESCAN_SECONDS.
                     late = _LateInterfaces(captures, sink, stack, expression, snaplen,
-                                           ring_bytes, skipped, files)
+                                           ring_bytes > 0, skipped, files)
                 status, reason = self._loop(job, captures, duration, max_packets, max_bytes,
                                             snaplen, sink.bytes_remaining, late)
                 if late is not None and late.added:
@@ -331,7 +334,7 @@ class Pcap(Collector):
             "bytes": sum(c.bytes for c in captures),
             "kernel_dropped": dropped,
             "interfaces": {
-                c.iface.name: {"packets": c.packets, "bytes": c.bytes,
+                c.label: {"packets": c.packets, "bytes": c.bytes,
                                "mode": "ring" if c.ring is not None else "recvmsg",
                                "kernel_received": c.kernel_received,
                                "kernel_dropped": c.kernel_dropped,
@@ -617,8 +620,10 @@ def _start_file(cap: _Capture, sink: ArtifactSink, stack: contextlib.ExitStack, 
                 taken: set[str]) -> None:
     """Open the capture's pcap artifact (named after its interface) and write the header."""
     name = _safe_name(cap.iface.name)
+    cap.label = cap.iface.name
     if name in taken:  # a deleted interface's name, now reused by a new one
         name = f"{name}-{cap.iface.index}"
+        cap.label = f"{cap.iface.name}-{cap.iface.index}"
     taken.add(name)
     cap.writer = stack.enter_context(sink.artifact(f"{name}.pcap", _MEDIA_PCAP))
     cap.writer.write(pcap_global_header(cap.linktype, snaplen))
@@ -628,7 +633,7 @@ class _LateInterfaces:
     """Finds interfaces that appeared after the capture started and opens captures on them."""
 
     def __init__(self, captures: list[_Capture], sink: ArtifactSink, stack: contextlib.ExitStack,
-                 expression: str, snaplen: int, ring_bytes: int, skipped: dict[str, str],
+                 expression: str, snaplen: int, ring: bool, skipped: dict[str, str],
                  files: set[str]) -> None:
         self._captures = captures
         self._sink = sink
@@ -636,9 +641,9 @@ class _LateInterfaces:
         self._expression = expression
         self._snaplen = snaplen
         self._skipped = skipped
-        self._ring = ring_bytes > 0  # --ring=no stays recvmsg for late interfaces too
+        self._ring = ring  # --ring=no stays recvmsg for late interfaces too
         # A budget of their own, so late interfaces also get rings after the first ones took
-        # all of RING_TOTAL; it bounds the pinned memory at 1.5x RING_TOTAL.
+        # theirs: at most RING_TOTAL // 2 more pinned memory.
         self._ring_left = RING_TOTAL // 2
         self._known = {cap.iface.index for cap in captures}
         self._files = files
@@ -651,15 +656,15 @@ class _LateInterfaces:
             if iface.index in self._known:
                 continue
             self._known.add(iface.index)
-            if iface.hatype not in LINK_TYPES:
-                self._skipped[iface.name] = (f"link type {iface.hatype} is not Ethernet, "
-                                             "loopback or raw IP")
+            why = _unsupported(iface)
+            if why:
+                self._skipped[iface.name] = why
                 continue
             if len(self._captures) >= MAX_INTERFACES:
                 self._skipped[iface.name] = f"appeared after {MAX_INTERFACES} were captured"
                 continue
-            # Late rings share what the first ones left of RING_TOTAL (pinned kernel memory);
-            # past that, packets are read one recvmsg at a time.
+            # Late rings share their own RING_TOTAL // 2 of pinned kernel memory; past that,
+            # packets are read one recvmsg at a time.
             ring_bytes = RING_MIN_PER_IF if self._ring and self._ring_left >= RING_MIN_PER_IF else 0
             try:
                 cap = _open_capture(iface, self._expression, self._snaplen, ring_bytes)
@@ -669,7 +674,7 @@ class _LateInterfaces:
             self._captures.append(cap)  # from here on collect() closes it
             self._ring_left -= ring_bytes if cap.ring is not None else 0
             _start_file(cap, self._sink, self._stack, self._snaplen, self._files)
-            self.added.append(iface.name)
+            self.added.append(cap.label)
             log.info("pcap: %s appeared mid-capture; capturing on it too", iface.name)
             new.append(cap)
         return new
@@ -677,6 +682,13 @@ class _LateInterfaces:
 
 def _safe_name(ifname: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in ifname) or "if"
+
+
+def _unsupported(iface: Interface) -> str:
+    """Why packets of ``iface`` cannot be captured, or ''."""
+    if iface.hatype in LINK_TYPES:
+        return ""
+    return f"link type {iface.hatype} is not Ethernet, loopback or raw IP"
 
 
 def _select_interfaces(wanted: list[str]) -> tuple[list[Interface], dict[str, str]]:
@@ -694,10 +706,11 @@ def _select_interfaces(wanted: list[str]) -> tuple[list[Interface], dict[str, st
         chosen = list(available.values())
     usable = []
     for iface in chosen:
-        if iface.hatype not in LINK_TYPES:
-            skipped[iface.name] = f"link type {iface.hatype} is not Ethernet, loopback or raw IP"
-            continue
-        usable.append(iface)
+        why = _unsupported(iface)
+        if why:
+            skipped[iface.name] = why
+        else:
+            usable.append(iface)
     if not usable:
         raise ExecutionError(f"pcap: no interface to capture on (skipped: {skipped})")
     return usable, skipped
