@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from dfir_ar.alert import Alert
 from dfir_ar.clock import Clock, SystemClock
 from dfir_ar.errors import InvalidArgument
+from dfir_ar.rails import WhiteList
 from dfir_ar.validate import IPAddress, IPNetwork
 
 State = dict[str, Any]
@@ -106,7 +107,7 @@ class Responder(ABC):
     def __init__(self, context: ResponderContext) -> None:
         self.context = context
         self.options = self.Options.model_validate(dict(context.options))
-        self._protected_nets: dict[int, list[IPNetwork]] = {}
+        self._white = WhiteList(context.white_list)
 
     @classmethod
     def check_compatible(cls) -> None:
@@ -152,12 +153,7 @@ class Responder(ABC):
     def is_protected(self, addr: IPAddress) -> bool:
         """True for an address the white list covers (config, own addresses, loopback, gateway):
         the executor checks this too, a responder checks it again before it contains."""
-        nets = self._protected_nets.get(addr.version)
-        if nets is None:
-            nets = self._protected_nets[addr.version] = [
-                n for n in self.context.white_list if n.version == addr.version
-            ]
-        return any(addr in net for net in nets)
+        return self._white.contains(addr)
 
     def refresh(self, request: Request, state: State, timeout: float | None) -> None:
         """A repeat offence extended the action; backends with kernel timeouts update them."""

@@ -74,6 +74,14 @@ class FirewallDropOptions(BaseModel):
     )
 
 
+class _Unclaimed:
+    """What ``Claims.claim`` returns when the command did not hold the address before."""
+
+
+_UNCLAIMED = _Unclaimed()
+_Claimed = float | None | _Unclaimed
+
+
 class Claims:
     """Which command holds which address, shared by every FirewallDrop that writes the same
     kernel sets in this process.
@@ -94,8 +102,19 @@ class Claims:
     def _later(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else max(a, b)
 
-    def claim(self, command: str, addr: IPAddress, deadline: float | None) -> None:
-        self._by_command.setdefault(command, {})[addr] = deadline
+    def claim(self, command: str, addr: IPAddress, deadline: float | None) -> _Claimed:
+        """Record the claim; what it replaced, for ``unclaim`` if the write then fails."""
+        held = self._by_command.setdefault(command, {})
+        previous = held.get(addr, _UNCLAIMED)
+        held[addr] = deadline
+        return previous
+
+    def unclaim(self, command: str, addr: IPAddress, previous: _Claimed) -> None:
+        """Undo ``claim``: a failed write must not drop an older claim the kernel still holds."""
+        if isinstance(previous, _Unclaimed):
+            self.release(command, addr)
+        else:
+            self._by_command.setdefault(command, {})[addr] = previous
 
     def replace(self, command: str, held: dict[IPAddress, float | None]) -> None:
         self._by_command[command] = dict(held)
@@ -272,12 +291,12 @@ class FirewallDrop(Responder):
             )
         with self.claims.lock:
             self._ensure()
-            self.claims.claim(request.command, addr, self._deadline(request.timeout))
+            previous = self.claims.claim(request.command, addr, self._deadline(request.timeout))
             try:
                 self._write(self._blocks([addr]))
             except BaseException:
                 # Not in place: a claim left behind would come back at the next repair.
-                self.claims.release(request.command, addr)
+                self.claims.unclaim(request.command, addr, previous)
                 raise
         self.context.log.info("firewall-drop: blocked %s (%s)", addr, self.backend.name)
         return self._state(addr)
@@ -287,6 +306,7 @@ class FirewallDrop(Responder):
         restore``). Protected or address-less requests are refused individually."""
         result = BatchResult()
         addrs: list[IPAddress] = []
+        replaced: list[tuple[str, IPAddress, _Claimed]] = []
         with self.claims.lock:
             for request in requests:
                 addr = request.target.srcip
@@ -295,7 +315,10 @@ class FirewallDrop(Responder):
                 elif self.is_protected(addr):
                     result.refused.append((request, f"{addr} is protected"))
                 else:
-                    self.claims.claim(request.command, addr, self._deadline(request.timeout))
+                    deadline = self._deadline(request.timeout)
+                    replaced.append(
+                        (request.command, addr, self.claims.claim(request.command, addr, deadline))
+                    )
                     addrs.append(addr)
                     result.added.append((request, self._state(addr)))
             if addrs:
@@ -303,8 +326,8 @@ class FirewallDrop(Responder):
                     self._ensure()
                     self._write(self._blocks(dict.fromkeys(addrs)))
                 except BaseException:
-                    for request, _ in result.added:  # none is in place: no claim stays
-                        self.claims.release(request.command, self.srcip(request))
+                    for command, addr, previous in reversed(replaced):  # none is in place
+                        self.claims.unclaim(command, addr, previous)
                     raise
         if addrs:
             self.context.log.info("firewall-drop: blocked %d address(es) in one batch (%s)",
@@ -313,27 +336,26 @@ class FirewallDrop(Responder):
 
     def delete(self, request: Request, state: State) -> None:
         addr = self.srcip(request)
-        with self.claims.lock:
-            self._ensure()
-            self.claims.release(request.command, addr)
-            still = self._blocks([addr])
-            if still:
-                # Another command still holds this address: keep it, with that command's time.
-                self._write(still)
-                self.context.log.info(
-                    "firewall-drop: %s stays blocked (held by another command)", addr)
-                return
-            self._unwrite([addr])
-        self.context.log.info("firewall-drop: unblocked %s (%s)", addr, self.backend.name)
+        if self._lift([request]):
+            self.context.log.info("firewall-drop: unblocked %s (%s)", addr, self.backend.name)
+        else:
+            self.context.log.info(
+                "firewall-drop: %s stays blocked (held by another command)", addr)
 
     def delete_many(self, items: Sequence[tuple[Request, State]]) -> None:
         """Unblock many addresses in one batch (a burst of expiries): one transaction on
-        nftables, one ``ipset restore``. An address another command still holds stays, with
-        that command's time, as in delete()."""
+        nftables, one ``ipset restore``."""
+        gone = self._lift([request for request, _ in items])
+        self.context.log.info("firewall-drop: unblocked %d address(es) in one batch (%s)",
+                              len(gone), self.backend.name)
+
+    def _lift(self, requests: Sequence[Request]) -> list[IPAddress]:
+        """Release each request's claim and unblock the addresses nobody holds any more (those
+        returned); an address another command still holds stays, with that command's time."""
         with self.claims.lock:
             self._ensure()
-            addrs = list(dict.fromkeys(self.srcip(request) for request, _ in items))
-            for request, _ in items:
+            addrs = list(dict.fromkeys(self.srcip(request) for request in requests))
+            for request in requests:
                 self.claims.release(request.command, self.srcip(request))
             still = self._blocks(addrs)
             if still:
@@ -342,8 +364,7 @@ class FirewallDrop(Responder):
             gone = [addr for addr in addrs if addr not in held]
             if gone:
                 self._unwrite(gone)
-        self.context.log.info("firewall-drop: unblocked %d address(es) in one batch (%s)",
-                              len(gone), self.backend.name)
+        return gone
 
     def refresh(self, request: Request, state: State, timeout: float | None) -> None:
         addr = self.srcip(request)
