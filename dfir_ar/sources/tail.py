@@ -338,11 +338,12 @@ class FileTail:
                 if not waited:
                     log.info("%s: waiting for %s to appear", self.name, self.path)
                     waited = True
-                self._retry_watch()
                 if self.waker is not None:
                     self._idle(stop)
                 else:
-                    stop.wait(max(self.poll_interval, APPEAR_POLL))
+                    self._retry_watch()
+                    if self.waker is None:
+                        stop.wait(max(self.poll_interval, APPEAR_POLL))
         else:
             return None
         if pos is not None and (st.st_dev, st.st_ino) == (pos.dev, pos.ino):
@@ -378,8 +379,10 @@ class FileTail:
     def _idle(self, stop: threading.Event) -> None:
         """Until inotify says something changed, safety_poll passed, or stop is set (checked
         every STOP_CHECK seconds whatever safety_poll is)."""
-        self._retry_watch()
         if self.waker is None:
+            self._retry_watch()
+            if self.waker is not None:
+                return  # watching only from now: what was written since the last look is read first
             stop.wait(self.poll_interval)
             return
         deadline = time.monotonic() + self.safety_poll
