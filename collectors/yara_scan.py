@@ -87,6 +87,8 @@ MEMORY_MODES = ("auto", "all", "none", "srcip", "pids")
 ENGINES = ("auto", "yara-x", "libyara")
 PIPELINE = 2
 """Batches handed to each YARA-X worker ahead of its replies (one scanning, one waiting)."""
+MAX_RESTARTS = 3
+"""YARA-X worker processes a proxy starts again after one died, before the scan stops."""
 POLL = 0.1
 """Seconds a YARA-X proxy thread waits for a reply or work before it checks the deadline."""
 _INCLUDE = re.compile(rb'^\s*include\s+"([^"]+)"', re.MULTILINE)
@@ -621,6 +623,8 @@ class _Run:
         self.max_size = max_mb * MiB
         self.counters = Counters()
         self.stop_reason = ""
+        self.worker_failures: list[str] = []
+        """Why each YARA-X worker that died ended (its files are listed as not scanned)."""
         self.requested_missing: list[int] = []
         self._requested: set[int] = set()
         self._last_progress = 0.0
@@ -665,33 +669,32 @@ class _Run:
     def _proxy(self, rules_fd: int) -> None:
         """A YARA-X worker process's feeder: sends it batches from the queue (PIPELINE ahead),
         hands its replies to the collecting thread, scans process memory itself (libyara).
-        Every work item taken is answered exactly once on _results, whatever happens."""
+        A worker that dies is replaced (at most MAX_RESTARTS times): one crafted file that
+        crashes the scanner must not end the scan of everything after it. Every work item
+        taken is answered exactly once on _results, whatever happens."""
         inflight: deque[FileBatch] = deque()
         worker: yarax_engine.WorkerProcess | None = None
         ended = False
+        restarts = 0
         try:
-            worker = yarax_engine.WorkerProcess(rules_fd, self._worker_settings())
             while (not ended or inflight) and not self.should_stop():
-                while not ended and len(inflight) < PIPELINE:
-                    try:
-                        work = self._queue.get(timeout=0.0 if inflight else POLL)
-                    except queue.Empty:
-                        break
-                    if work is None:
-                        ended = True
-                    elif isinstance(work, PidWork):
-                        self._results.put(self._answer(work))
-                    else:
-                        inflight.append(work)
-                        worker.send(work, self._timeout(), self.max_size)
-                if inflight and (done := worker.poll(POLL)) is not None:
-                    inflight.popleft()
-                    self._results.put(done)
-        except yarax_engine.WorkerDied as exc:
-            # The files it held are listed as not scanned (the one that killed it is among them).
-            self.stop_reason = self.stop_reason or f"scan process failed ({exc})"
-            while inflight:
-                self._results.put(yarax_engine.lost_batch(inflight.popleft(), str(exc)))
+                if worker is None:
+                    worker = yarax_engine.WorkerProcess(rules_fd, self._worker_settings())
+                try:
+                    ended = self._feed(worker, inflight, ended)
+                except yarax_engine.WorkerDied as exc:
+                    # The files it held are listed as not scanned (the one that killed it is
+                    # among them), and the outcome names the worker.
+                    self.worker_failures.append(str(exc))
+                    while inflight:
+                        self._results.put(yarax_engine.lost_batch(inflight.popleft(), str(exc)))
+                    worker.close(kill=True)
+                    worker = None
+                    restarts += 1
+                    if restarts > MAX_RESTARTS:
+                        self.stop_reason = self.stop_reason or (
+                            f"scan process failed {restarts} times (last: {exc})"
+                        )
         except BaseException as exc:  # noqa: BLE001 - raised from collect() once threads end
             self._crash = self._crash or exc
             self.stop_reason = self.stop_reason or f"internal error: {exc!r}"
@@ -705,6 +708,28 @@ class _Run:
                 # Stopping: the collecting thread closes the queue (discarding what it holds).
                 while (work := self._queue.get()) is not None:
                     self._results.put(BatchDone(0, 0, [], pids=int(isinstance(work, PidWork))))
+
+    def _feed(
+        self, worker: yarax_engine.WorkerProcess, inflight: deque[FileBatch], ended: bool
+    ) -> bool:
+        """One round of a proxy: take work until PIPELINE batches are with the worker, then
+        wait up to POLL for a reply. Returns whether the queue's end has been taken."""
+        while not ended and len(inflight) < PIPELINE:
+            try:
+                work = self._queue.get(timeout=0.0 if inflight else POLL)
+            except queue.Empty:
+                break
+            if work is None:
+                ended = True
+            elif isinstance(work, PidWork):
+                self._results.put(self._answer(work))
+            else:
+                inflight.append(work)
+                worker.send(work, self._timeout(), self.max_size)
+        if inflight and (done := worker.poll(POLL)) is not None:
+            inflight.popleft()
+            self._results.put(done)
+        return ended
 
     def _worker_settings(self) -> dict[str, Any]:
         return {
@@ -844,6 +869,9 @@ class _Run:
         reasons = []
         if self.stop_reason:
             reasons.append(f"scan stopped early: {self.stop_reason}")
+        if self.worker_failures:
+            reasons.append(f"scan process failed, files it held not scanned: "
+                           f"{'; '.join(self.worker_failures)}")
         if self.requested_missing:
             reasons.append(f"requested pids not scanned (vanished): {self.requested_missing}")
         if reasons:

@@ -307,6 +307,8 @@ def test_a_worker_that_dies_mid_scan_is_partial_naming_it_and_its_files(
     lost = [p for p in problems if f"yara-x worker {killed[0]}" in p["error"]]
     assert lost and all(p["type"] == "file" for p in lost)
     assert outcome.details["unreadable"] == len(lost)
+    # A new worker took over: every other file was still scanned.
+    assert outcome.details["files_scanned"] + len(lost) == 300
 
 
 def test_replies_are_checked_before_use() -> None:
