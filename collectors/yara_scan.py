@@ -562,27 +562,32 @@ class YaraScan(Collector):
                 "nothing to scan: no --path, no [collectors.yara] paths, and no process selected "
                 "(--pid, --memory all|srcip)",
             )
-        yarax = self.file_engine(str(opts.get("engine") or s.engine)) if roots else None
+        # Checked even when only processes are scanned: a bad --engine is an error either way.
+        yarax, note = self.file_engine(str(opts.get("engine") or s.engine))
+        if not roots:
+            yarax, note = None, ""
         deadline = min(job.deadline, job.clock.monotonic() + duration)
-        run = _Run(self, job, sink, deadline, s, max_mb, yarax)
+        run = _Run(self, job, sink, deadline, s, max_mb, yarax, note)
         return run.execute(roots, scan_pids, requested=set(pids))
 
-    def file_engine(self, engine: str) -> bytes | None:
-        """YARA-X's serialized rules when it scans the files, None when libyara does."""
+    def file_engine(self, engine: str) -> tuple[bytes | None, str]:
+        """(YARA-X's serialized rules when it scans the files, else None; why YARA-X is not
+        used when it was wanted but could not be, else '')."""
         s = self._settings
         if engine not in ENGINES:
             raise InvalidArgument(f"yara: --engine {engine!r} is not one of {', '.join(ENGINES)}")
         if engine == "libyara":
-            return None
+            return None, ""
         if s.engine == "libyara":
             # Configured libyara: YARA-X was not tried at load; try it now (cached).
-            digest, note = compile_yarax(s.rules, self.context.state_dir / "yara-cache")
+            cache = s.cache_dir or self.context.state_dir / "yara-cache"
+            digest, note = compile_yarax(s.rules, cache)
             blob = yarax_engine._compiled.get(digest) if digest else None
         else:
             blob, note = s.yarax_rules(), s.yarax_note
         if blob is None and engine == "yara-x":
             raise InvalidArgument(f"yara: --engine yara-x: {note}")
-        return blob
+        return blob, "" if blob is not None else note
 
 
 def _has_user_memory(pid: int) -> bool:
@@ -606,7 +611,7 @@ class _Run:
 
     def __init__(
         self, owner: YaraScan, job: CollectJob, sink: ArtifactSink, deadline: float,
-        settings: YaraSettings, max_mb: int, yarax: bytes | None = None,
+        settings: YaraSettings, max_mb: int, yarax: bytes | None = None, engine_note: str = "",
     ) -> None:
         import yara
 
@@ -618,6 +623,8 @@ class _Run:
         self.rules = settings.compiled()
         self.yarax = yarax
         """YARA-X's serialized rules when worker processes scan the files (None: libyara)."""
+        self.engine_note = engine_note
+        """Why the files are scanned by libyara although YARA-X was wanted ('' otherwise)."""
         self._yara_timeout: type[Exception] = yara.TimeoutError
         self._yara_error: type[Exception] = yara.Error
         self.max_size = max_mb * MiB
@@ -860,7 +867,7 @@ class _Run:
             **c.__dict__,
             "rules_sha256": self.s.digest,
             "engine": "yara-x" if self.yarax is not None else "libyara",
-            **({"engine_note": self.s.yarax_note} if self.s.yarax_note else {}),
+            **({"engine_note": self.engine_note} if self.engine_note else {}),
             "roots": list(roots),
             "pids": list(pids),
             "seconds": round(time.monotonic() - started, 3),
