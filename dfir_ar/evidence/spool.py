@@ -333,11 +333,14 @@ class Uploader:
         finally:
             os.close(fd)
 
-    def _sha256(self, path: Path) -> str:
+    def _sha256(self, path: Path, sealed_digest: Path | None = None) -> str:
+        """``path``'s SHA-256: from ``sealed_digest`` (the bundle's, written while it was sealed)
+        when it matches the size, else hashed (and kept for a retry)."""
         st = path.stat()
-        sealed = _sealed_digest(path.with_name(path.name + DIGEST_SUFFIX), st.st_size)
-        if sealed is not None:
-            return sealed
+        if sealed_digest is not None:
+            sealed = _sealed_digest(sealed_digest, st.st_size)
+            if sealed is not None:
+                return sealed
         cache_key = (str(path), st.st_size, st.st_mtime_ns)
         digest = self._hashes.get(cache_key)
         if digest is None:
@@ -388,7 +391,7 @@ class Uploader:
             meta = ObjectMeta(
                 agent_id=facts.agent_id,
                 bundle_id=facts.bundle_id,
-                sha256=self._sha256(entry.bundle),
+                sha256=self._sha256(entry.bundle, entry.digest),
                 rule_id=facts.rule_id,
                 alert_id=facts.alert_id,
             )
