@@ -732,7 +732,7 @@ class _Run:
                 self._results.put(self._answer(work))
             else:
                 inflight.append(work)
-                worker.send(work, self._timeout(), self.max_size)
+                worker.send(work, self._timeout())
         if inflight and (done := worker.poll(POLL)) is not None:
             inflight.popleft()
             self._results.put(done)
@@ -741,6 +741,7 @@ class _Run:
     def _worker_settings(self) -> dict[str, Any]:
         return {
             "sys_path": yarax_engine.worker_sys_path(),
+            "max_size": self.max_size,
             "max_instances": self.s.max_instances,
             "max_data_bytes": self.s.max_data_bytes,
         }

@@ -201,10 +201,9 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def send(self, batch: FileBatch, timeout: int, max_size: int) -> None:
+    def send(self, batch: FileBatch, timeout: int) -> None:
         """Queue a batch for the worker; written as the pipe takes it (see poll)."""
-        frame = {"timeout": timeout, "max_size": max_size,
-                 "files": [[f.path, f.size] for f in batch.files]}
+        frame = {"timeout": timeout, "files": [f.path for f in batch.files]}
         self._out += frame_bytes(json.dumps(frame).encode())
         self._flush()
 

@@ -7,8 +7,8 @@ collectors/yarax_engine.py as ``python -I -S yarax_worker.py RULES_FD IN_FD OUT_
 The compiled rules come as a memfd holding ``Rules.serialize_into`` output, read once.
 
 Frames both ways: 4-byte big-endian length, then JSON (paths keep undecodable bytes as lone
-surrogates, which JSON escapes and restores). In: {"timeout", "max_size", "files": [[path,
-size], ...]}. Out: {"clean", "clean_bytes", "results": [[target, matches, scanned, error,
+surrogates, which JSON escapes and restores). In: {"timeout", "files": [path, ...]} (the
+size cap comes once, in SETTINGS). Out: {"clean", "clean_bytes", "results": [[target, matches, scanned, error,
 kind], ...]}: clean files only counted, as the libyara threads do. JSON out, not pickle: the
 parent decodes what a process that parsed hostile files sends, so it must not run code.
 EOF on the input ends the worker.
@@ -129,13 +129,13 @@ def main(argv: list[str]) -> int:
                         "tags": list(rule.tags), "meta": dict(rule.metadata), "strings": strings})
         return out
 
+    max_size = int(settings["max_size"])
     while (frame := read_frame(in_fd)) is not None:
         batch = json.loads(frame)
         scanner.set_timeout(int(batch["timeout"]))
-        max_size = int(batch["max_size"])
         clean = clean_bytes = 0
         results: list[ScanResult] = []
-        for path, _ in batch["files"]:
+        for path in batch["files"]:
             opened = open_regular(path, max_size)
             if isinstance(opened, ScanResult):
                 results.append(opened)
