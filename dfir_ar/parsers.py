@@ -77,11 +77,16 @@ def excerpt(data: bytes | str, limit: int = 120) -> str:
     return "".join(out) + ("..." if len(text) > limit else "")
 
 
+def _check_size(data: bytes, max_bytes: int) -> None:
+    """Refuse an alert over ``max_bytes`` before anything parses it."""
+    if len(data) > max_bytes:
+        raise OversizedAlert(f"alert is {len(data)} bytes; the limit is {max_bytes}")
+
+
 def _parse_json(data: bytes, max_bytes: int) -> Any:
     """Size check, then UTF-8 and JSON in one pass (orjson validates the UTF-8 itself); the
     precise reason is worked out only for input that fails."""
-    if len(data) > max_bytes:
-        raise OversizedAlert(f"alert is {len(data)} bytes; the limit is {max_bytes}")
+    _check_size(data, max_bytes)
     try:
         return codec.loads(data)
     except ValueError as exc:
@@ -492,8 +497,7 @@ def _dict_wazuh(obj: object, line: bytes) -> Alert:
 
 def parse_wazuh_line(line: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> Alert:
     """One line of Wazuh's alerts.json; ``raw`` is a RawAlert of the line."""
-    if len(line) > max_bytes:
-        raise OversizedAlert(f"alert is {len(line)} bytes; the limit is {max_bytes}")
+    _check_size(line, max_bytes)
     return _typed_wazuh(line) or _dict_wazuh(_parse_json(line, max_bytes), line)
 
 
@@ -504,8 +508,7 @@ def parse_plain_json(data: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> A
 
 def parse_json_alert(data: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> Alert:
     """A JSON alert of either shape: Wazuh's (has a ``rule`` object) or plain (has ``rule_id``)."""
-    if len(data) > max_bytes:
-        raise OversizedAlert(f"alert is {len(data)} bytes; the limit is {max_bytes}")
+    _check_size(data, max_bytes)
     # Only an object with a "rule" object gets past the typed path: the same choice as below.
     alert = _typed_wazuh(data)
     if alert is not None:
