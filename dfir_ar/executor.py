@@ -276,15 +276,15 @@ class Executor:
         # Plans of the batch being committed; only the committer thread touches it.
         self._ready: list[_Plan] = []
         self._tls = threading.local()
-        # Moving average of each command's add duration: decides how a batch is spread.
-        self._add_cost: dict[str, float] = {}
+        # Share of each command's recent adds that were fast: decides how a batch is spread.
+        self._add_fast: dict[str, float] = {}
         # The constant text around the alert in the Wazuh input-JSON log line (_log_start).
         self._start_frames: dict[tuple[str, str, tuple[str, ...]], tuple[bytes, bytes]] = {}
         self._expiry: dict[Ident, float] = {}
         self._active_lock = threading.Lock()
         self._delete_failures: Counter[Ident] = Counter()
-        # Moving average of each command's delete duration: decides how expiries are grouped.
-        self._delete_cost: dict[str, float] = {}
+        # Share of each command's recent deletes that were fast: decides how expiries go.
+        self._delete_fast: dict[str, float] = {}
         self._cancels: set[threading.Event] = set()
         self._stopping = threading.Event()
         self.counters: Counter[str] = Counter()
@@ -561,8 +561,9 @@ class Executor:
 
     # -- dispatch ------------------------------------------------------------------------
 
-    #: An add faster than this (moving average) is in-process work a thread cannot overlap
-    #: under the GIL: such batches run one after another on the fast lane, in chunks.
+    #: An add faster than this is in-process work a thread cannot overlap under the GIL: a
+    #: command whose recent adds mostly were runs its batches one after another on its fast
+    #: lane, in chunks.
     FAST_ADD = 0.0005
     #: Most executions one fast-lane task runs (its log lines and marks are written per task).
     FAST_CHUNK = 256
@@ -587,7 +588,7 @@ class Executor:
                 work.append(plan)
                 cmd = plan.command
                 assert cmd is not None
-                if self._add_cost.get(cmd.name, 1.0) >= self.FAST_ADD:
+                if not _mostly_fast(self._add_fast.get(cmd.name)):
                     slow = True
             else:
                 self._dispatch(plan)
@@ -953,7 +954,7 @@ class Executor:
         cmd, key = plan.command, plan.key
         assert cmd is not None and key is not None
         ident = (cmd.name, key)
-        _note_cost(self._add_cost, cmd.name, duration)
+        _note_speed(self._add_fast, cmd.name, duration)
         # A repeat may have refreshed the timer while this add ran (in-memory, see _expiry).
         expires_at = self._expiry.get(ident, plan.expires_at)
         self._write_ar(self.clock.now(), cmd.executable, "Ended")
@@ -1166,7 +1167,7 @@ class Executor:
         for ident in idents:
             if ident in tickets:
                 continue
-            if self._delete_is_fast(ident[0]):
+            if self._delete_in_chunks(ident[0]):
                 fast.append(ident)
             else:
                 tickets[ident] = self._submit_delete(ident, reason)
@@ -1175,12 +1176,19 @@ class Executor:
             tickets.update(zip(chunk, self._submit_delete_chunk(chunk, reason), strict=True))
         return [tickets[ident] for ident in idents]
 
-    def _delete_is_fast(self, command: str) -> bool:
-        # Until a delete was timed, an add's time stands in for it (same responder).
-        cost = self._delete_cost.get(command)
-        if cost is None:
-            cost = self._add_cost.get(command, 1.0)
-        return cost < self.FAST_ADD
+    def _delete_in_chunks(self, command: str) -> bool:
+        """Chunk the deletes of a responder that lifts in batches (one kernel transaction for
+        the chunk, however slow each call is on a loaded host) or that is fast in-process work;
+        the rest (scripts) go one task each, to run in parallel."""
+        cmd = self._commands.get(command)
+        try:
+            if cmd is not None and not self.is_collector(cmd) and self.responder(cmd).batch_delete:
+                return True
+        except Exception:  # noqa: BLE001 - not loadable: the delete reports why, one by one
+            return False
+        # Until a delete was timed, the adds stand in for it (same responder).
+        share = self._delete_fast.get(command)
+        return _mostly_fast(self._add_fast.get(command) if share is None else share)
 
     def _submit_delete(self, ident: Ident, reason: str) -> Ticket:
         fut = Ticket()
@@ -1369,7 +1377,7 @@ class Executor:
         if exc is not None:
             return self._undo_failed(p.ident, p.reason, p.plan, p.now, exc, duration)
         cmd, entry = p.cmd, p.entry
-        _note_cost(self._delete_cost, cmd.name, duration)
+        _note_speed(self._delete_fast, cmd.name, duration)
         self._delete_failures.pop(p.ident, None)
         self._write_ar(self.clock.now(), cmd.executable, "Ended")
         self.counters["delete_ok"] += 1
@@ -1653,10 +1661,18 @@ class Executor:
         self._committer.close()
 
 
-def _note_cost(costs: dict[str, float], command: str, duration: float) -> None:
-    """Fold one execution's duration into ``command``'s moving average (fast or slow?)."""
-    previous = costs.get(command)
-    costs[command] = duration if previous is None else previous * 0.9 + duration * 0.1
+def _note_speed(shares: dict[str, float], command: str, duration: float) -> None:
+    """Fold one execution into the share of ``command``'s recent executions that were fast
+    in-process work. A share, not an average time: one GIL switch (5 ms) landing in a 10 us
+    add would otherwise make a fast command look slow for its next twenty executions."""
+    fast = 1.0 if duration < Executor.FAST_ADD else 0.0
+    previous = shares.get(command)
+    shares[command] = fast if previous is None else previous * 0.9 + fast * 0.1
+
+
+def _mostly_fast(share: float | None) -> bool:
+    """Most recent executions were fast (never timed: assume slow, a script)."""
+    return share is not None and share >= 0.5
 
 
 # Stands for the alert in a Wazuh input-JSON message while its frame is encoded (_log_start);

@@ -471,7 +471,7 @@ def test_a_burst_of_expiries_is_undone_in_chunks(tmp_path: Path, clock: FakeCloc
     TableResponder.refuse_delete = "203.0.113.17"
     try:
         ex = eng.executor
-        assert ex._delete_is_fast("table")  # the add's time stands in until a delete is timed
+        assert ex._delete_in_chunks("table")  # the add's time stands in until a delete is timed
         clock.advance(61)
         undone = [t.result(20) for t in ex.expire_due()]
         # One delete failed: only that one is kept and retried; the rest are retired.
@@ -594,3 +594,21 @@ def test_the_logged_alert_is_the_one_acted_on_when_a_key_occurs_twice(
         assert "203.0.113.66" in log_text and "198.51.100.99" not in log_text
     finally:
         eng.close()
+
+
+def test_one_stall_does_not_make_a_fast_command_slow() -> None:
+    from dfir_ar.executor import _mostly_fast, _note_speed
+
+    shares: dict[str, float] = {}
+    assert not _mostly_fast(shares.get("table"))  # never timed: treated as a script
+    for _ in range(50):
+        _note_speed(shares, "table", 0.00001)
+    _note_speed(shares, "table", 0.005)  # a GIL switch landed in one add
+    assert _mostly_fast(shares["table"])
+    for _ in range(6):
+        _note_speed(shares, "table", 0.005)  # seven in a row: now it is mostly slow
+    assert not _mostly_fast(shares["table"])
+    for _ in range(50):
+        _note_speed(shares, "script", 0.002)
+    _note_speed(shares, "script", 0.00001)
+    assert not _mostly_fast(shares["script"])
