@@ -74,7 +74,7 @@ def reap(procs: list[subprocess.Popen[bytes]]) -> int:
     return killed
 
 
-def time_each(names: list[str], action: Callable[[str], None]) -> list[float]:
+def time_each(names: list[str], action: Callable[[str], object]) -> list[float]:
     out = []
     for name in names:
         start = time.perf_counter()

@@ -213,8 +213,8 @@ def test_process_vm_readv_and_proc_mem_agree_on_unreadable_pages(tmp_path: Path)
         child.kill()
         child.wait()
     assert got[True] == got[False]
-    buf, holes = got[True]
-    assert buf == b"Y" * 4096 + bytes(2 * 4096)
+    image, holes = got[True]
+    assert image == b"Y" * 4096 + bytes(2 * 4096)
     assert elfcore.merge_holes(holes) == [(m.start + 4096, m.end, "EIO")]
 
 

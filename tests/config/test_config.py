@@ -39,9 +39,9 @@ def write(tmp_path: Path, text: str, name: str = "dfir-ar.toml") -> Path:
     return path
 
 
-def error_of(path: Path, **kw: bool) -> str:
+def error_of(path: Path, *, check_plugins: bool = True) -> str:
     with pytest.raises(ConfigError) as info:
-        load_config(path, **kw)
+        load_config(path, check_plugins=check_plugins)
     return str(info.value)
 
 

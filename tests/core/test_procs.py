@@ -23,7 +23,7 @@ def test_argv_is_not_a_shell(tmp_path: Path) -> None:
 
 def test_string_argv_refused() -> None:
     with pytest.raises(ExecutionError):
-        run("echo hi", timeout=5)  # type: ignore[arg-type]
+        run("echo hi", timeout=5)
 
 
 def test_check_raises_with_stderr() -> None:

@@ -252,8 +252,8 @@ def test_the_raw_alert_is_decoded_only_when_read() -> None:
 
 def test_new_alert_builds_what_the_constructor_builds() -> None:
     values = (7, 3, ("a",), "i", "t", "d", "a1", "n", "ip", "s", "su", "du", "f", "l", "fl", {"r": 1})
-    fast = new_alert(*values)  # type: ignore[arg-type]
-    slow = Alert(*values)  # type: ignore[arg-type]
+    fast = new_alert(*values)
+    slow = Alert(*values)
     assert type(fast) is Alert and fast == slow and repr(fast) == repr(slow)
     assert [getattr(fast, f) for f in Alert.__dataclass_fields__] == list(values)
     with pytest.raises(FrozenInstanceError):

@@ -13,11 +13,13 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from dfir_ar.cli.bundles_remote import get_cmd, list_cmd, url_cmd
+from dfir_ar.config.models import Config
 from dfir_ar.errors import StoreError, VerificationFailed
 from dfir_ar.evidence.retrieve import Filter, fetch_and_verify, find_bundle, list_bundles
 from dfir_ar.evidence.spool import Uploader
@@ -39,10 +41,10 @@ MiB = 1024 * 1024
 
 
 def _s3_config(tmp_path: Path, seaweed: Seaweed, *, bucket: str = BUCKET, identity: str = "admin",
-               agent_id: str = "agent1", endpoint: str | None = None, **kw: object):  # type: ignore[no-untyped-def]
+               agent_id: str = "agent1", endpoint: str | None = None, **kw: Any) -> Config:
     return make_config(
         tmp_path, store=f"s3://{bucket}/{PREFIX}", endpoint=endpoint or seaweed.endpoint,
-        identity=identity, agent_id=agent_id, **kw,  # type: ignore[arg-type]
+        identity=identity, agent_id=agent_id, **kw,
     )
 
 
@@ -233,7 +235,7 @@ def test_truncated_download_is_an_error_and_nothing_is_extracted(
     tmp_path: Path, seaweed: Seaweed, cutting_proxy: _CuttingProxy, ranged: bool
 ) -> None:
     bucket = seaweed.new_bucket()
-    sizes = {"multipart_threshold_mb": 5, "part_size_mb": 5} if ranged else {}
+    sizes: dict[str, Any] = {"multipart_threshold_mb": 5, "part_size_mb": 5} if ranged else {}
     config = _s3_config(tmp_path, seaweed, bucket=bucket, **sizes)
     bundle = make_bundle(config.spool_dir, size=(12 if ranged else 2) * MiB)
     Uploader(config).drain_once()
