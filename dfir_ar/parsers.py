@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
@@ -182,8 +182,9 @@ _STR_FIELDS = (
 )
 
 
-def alert_from_wazuh(obj: object) -> Alert:
-    """Build an Alert from a decoded alerts.json object (the shape Wazuh writes).
+def alert_from_wazuh(obj: object, raw: Mapping[str, Any] | None = None) -> Alert:
+    """Build an Alert from a decoded alerts.json object (the shape Wazuh writes); its ``raw`` is
+    ``raw`` when given (the line's RawAlert), else the object.
 
     Unknown keys are kept in ``raw`` and otherwise ignored: Wazuh adds fields between versions
     (``rule.mitre``, ``GeoLocation``, decoder-specific ``data.*``), so refusing them would drop
@@ -247,7 +248,8 @@ def alert_from_wazuh(obj: object) -> Alert:
         filename = _opt_str(syscheck.get("path"), "syscheck.path")
     return new_alert(
         rule_id, level, groups, alert_id, timestamp, description or "", agent_id, name or "",
-        agent_ip, srcip, srcuser, dstuser, filename, location or "", full_log or "", obj,
+        agent_ip, srcip, srcuser, dstuser, filename, location or "", full_log or "",
+        obj if raw is None else raw,
     )
 
 
@@ -491,8 +493,9 @@ def _typed_wazuh(line: bytes) -> Alert | None:
 
 def _dict_wazuh(obj: object, line: bytes) -> Alert:
     """alert_from_wazuh, with the object kept as a RawAlert of its line like the typed path's."""
-    alert = alert_from_wazuh(obj)
-    return replace(alert, raw=RawAlert(line, alert.raw))  # type: ignore[arg-type]  # a dict
+    if type(obj) is not dict:
+        raise _wrong("alert", "a JSON object", obj)
+    return alert_from_wazuh(obj, RawAlert(line, obj))
 
 
 def parse_wazuh_line(line: bytes, max_bytes: int = DEFAULT_MAX_ALERT_BYTES) -> Alert:
