@@ -182,22 +182,22 @@ def compile_rules(entries: Sequence[Path], cache_dir: Path | None) -> tuple[str,
         return digest, rules
 
 
-def compile_yarax(entries: Sequence[Path], cache_dir: Path | None) -> tuple[str, str]:
-    """(digest, '') when YARA-X is installed and compiles the rules, else ('', why not)."""
+def compile_yarax(entries: Sequence[Path], cache_dir: Path | None) -> tuple[bytes | None, str]:
+    """(YARA-X's serialized rules, '') when YARA-X is installed and compiles the rules, else
+    (None, why not)."""
     version = yarax_engine.version()
     if version is None:
-        return "", "yara-x is not installed (pip install yara-x)"
+        return None, "yara-x is not installed (pip install yara-x)"
     files = rule_files(entries)
     if any(_INCLUDE.search(p.read_bytes()) for p in files):
         # libyara resolves an include next to the including file, YARA-X in a search list of
         # directories: the same text could include a different file.
-        return "", "the rules use include, which yara-x resolves differently from libyara"
+        return None, "the rules use include, which yara-x resolves differently from libyara"
     digest = rules_digest(files, f"x {version}")
     try:
-        yarax_engine.compile_rules(files, digest, cache_dir)
+        return yarax_engine.compile_rules(files, digest, cache_dir), ""
     except ValueError as exc:
-        return "", str(exc)
-    return digest, ""
+        return None, str(exc)
 
 
 def _save(rules: Any, path: Path) -> None:
@@ -238,7 +238,7 @@ class YaraSettings(BaseModel):
     rules, else libyara), yara-x, libyara. Process memory is always scanned with libyara."""
 
     _digest: str = PrivateAttr(default="")
-    _yarax_digest: str = PrivateAttr(default="")
+    _yarax_rules: bytes | None = PrivateAttr(default=None)
     _yarax_note: str = PrivateAttr(default="")
 
     @field_validator("rules")
@@ -277,7 +277,7 @@ class YaraSettings(BaseModel):
         # cache_dir's disk cache).
         self._digest, _ = compile_rules(self.rules, cache_dir)
         if self.engine != "libyara":
-            self._yarax_digest, self._yarax_note = compile_yarax(self.rules, cache_dir)
+            self._yarax_rules, self._yarax_note = compile_yarax(self.rules, cache_dir)
             if self._yarax_note and self._yarax_note not in _fallbacks_logged:
                 _fallbacks_logged.add(self._yarax_note)
                 # Not installed is a choice; installed but refusing these rules is news.
@@ -294,7 +294,7 @@ class YaraSettings(BaseModel):
 
     def yarax_rules(self) -> bytes | None:
         """YARA-X's serialized rules, or None when they are not usable (see yarax_note)."""
-        return yarax_engine._compiled.get(self._yarax_digest) if self._yarax_digest else None
+        return self._yarax_rules
 
     @property
     def yarax_note(self) -> str:
@@ -581,8 +581,7 @@ class YaraScan(Collector):
         if s.engine == "libyara":
             # Configured libyara: YARA-X was not tried at load; try it now (cached).
             cache = s.cache_dir or self.context.state_dir / "yara-cache"
-            digest, note = compile_yarax(s.rules, cache)
-            blob = yarax_engine._compiled.get(digest) if digest else None
+            blob, note = compile_yarax(s.rules, cache)
         else:
             blob, note = s.yarax_rules(), s.yarax_note
         if blob is None and engine == "yara-x":
