@@ -1,7 +1,7 @@
 """Memory collector: process dumps as ELF core files, and a physical image in LiME format.
 
 Decision: each image is zstd-compressed *here* (level -1, independent frames compressed on every
-core: memory_frames.py for process cores, _Zstd for the physical image), as it is read, into
+core and stored in order: memory_frames.py), as it is read, into
 ``artifacts/memory/<pid>.core.zst`` / ``physical.lime.zst`` (media type application/zstd),
 rather than left to the bundle's own compression. Reason: the bundle stages artifacts on disk
 before it seals, so a raw 8 GB dump would need 8 GB of spool; the byte cap then also counts what
@@ -15,14 +15,11 @@ import contextlib
 import ipaddress
 import json
 import os
-import queue
 import re
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -83,130 +80,6 @@ def pids_talking_to(srcip: IPAddress) -> list[int]:
             pids.add(conn.pid)
     pids.discard(os.getpid())
     return sorted(pids)
-
-
-class _Zstd:
-    """zstd-compress into an artifact writer as bytes arrive; one writer thread hashes and stores
-    (the physical image; process cores go through memory_frames, which also reads in parallel).
-
-    ``workers`` <= 1: one frame, compressed on the caller's thread (the thread that reads the
-    source). ``workers`` > 1: the input is cut into FRAME-sized pieces, each compressed
-    as an independent frame (with its content checksum) by a small pool, and the frames are
-    stored in order; concatenated frames are one valid zstd stream (``zstd -d`` and every
-    library read them as one). Why: per GiB here reading costs ~0.35 CPU-s, zstd level 1 ~0.4,
-    SHA-256 + spool write ~0.4; in series that is ~3x a plain read, spread over two cores it is
-    not. A sink error (byte cap, disk floor) surfaces on the next write() or at close().
-    """
-
-    FRAME = 8 << 20
-    _QUEUE = 6
-
-    def __init__(self, writer: Any, level: int, workers: int) -> None:
-        import zstandard
-
-        self._zstd = zstandard
-        self._level = level
-        self._writer = writer
-        self.raw = 0
-        self._workers = workers
-        self._queue: queue.Queue[bytes | Future[bytes] | None] = queue.Queue(self._QUEUE)
-        self._error: BaseException | None = None
-        self._closed = False
-        self._obj: Any = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._local = threading.local()
-        self._buf = bytearray()
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        if workers > 1:
-            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="memory-zstd")
-        else:
-            self._obj = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
-        self._thread = threading.Thread(target=self._drain, name="memory-zstd-out", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is not None:
-                continue  # keep draining so the producer never blocks on a dead consumer
-            try:
-                data = item.result() if isinstance(item, Future) else item
-                if data:
-                    self._writer.write(data)
-            except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
-                self._error = exc
-
-    def _frame(self, data: bytearray | memoryview) -> bytes:
-        cctx = getattr(self._local, "cctx", None)
-        if cctx is None:  # a ZstdCompressor must not be shared between threads
-            cctx = self._local.cctx = self._zstd.ZstdCompressor(
-                level=self._level, write_checksum=True
-            )
-        out: bytes = cctx.compress(data)
-        return out
-
-    def _frame_owned(self, buf: bytearray, n: int) -> bytes:
-        try:
-            return self._frame(memoryview(buf)[:n])
-        finally:
-            self._free.put(buf)
-
-    def buffer(self) -> bytearray:
-        """A FRAME-sized buffer to read into (recycled once its frame is compressed)."""
-        try:
-            return self._free.get_nowait()
-        except queue.Empty:
-            return bytearray(self.FRAME)
-
-    def write_owned(self, buf: bytearray, n: int) -> None:
-        """Take ``buf[:n]`` without copying it: it becomes one frame of its own."""
-        if self._pool is None:
-            self.write(memoryview(buf)[:n])
-            self._free.put(buf)
-            return
-        self.raw += n
-        if self._buf:  # bytes written before this buffer go first, as their own frame
-            pending, self._buf = self._buf, bytearray()
-            self._put(self._pool.submit(self._frame, pending))
-        self._put(self._pool.submit(self._frame_owned, buf, n))
-
-    def _put(self, item: bytes | Future[bytes]) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(item)
-
-    def write(self, data: memoryview) -> None:
-        self.raw += data.nbytes
-        if self._pool is None:
-            out = self._obj.compress(data)
-            if out:
-                self._put(out)
-            return
-        self._buf += data
-        if len(self._buf) >= self.FRAME:
-            buf, self._buf = self._buf, bytearray()
-            self._put(self._pool.submit(self._frame, buf))
-
-    def close(self) -> None:
-        """Finish the stream and wait for the writer; re-raise what the sink raised. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            if self._error is None:
-                if self._pool is None:
-                    self._put(self._obj.flush())
-                elif self._buf or not self.raw:
-                    self._put(self._pool.submit(self._frame, self._buf))
-        finally:
-            self._queue.put(None)
-            self._thread.join()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-        if self._error is not None:
-            raise self._error
 
 
 def _disk_precheck(sink: ArtifactSink, raw_size: int) -> str:
@@ -569,7 +442,7 @@ class Memory(Collector):
         # clear failure and no empty artifact.
         plan = lime.select_source(s.physical_sources, s.iomem)
         with sink.artifact("physical.lime.zst", ZSTD_MEDIA) as writer:
-            z = _Zstd(writer, s.zstd_level, s.compress_workers)
+            z = memory_frames.FrameWriter(writer, s.zstd_level, s.compress_workers)
             try:
                 report = lime.acquire(
                     z.write, plan, lender=z,

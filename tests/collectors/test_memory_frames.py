@@ -1,6 +1,7 @@
-"""Parallel process dumps (collectors/memory_frames.py) and process_vm_readv reads (ProcessMemory):
-the in-order writer under real threads, and real processes dumped on several threads compared
-byte for byte with a one-thread dump through /proc/PID/mem."""
+"""Ordered zstd frames (collectors/memory_frames.py) and process_vm_readv reads (ProcessMemory):
+the in-order writer under real threads, the streamed physical-image writer (round trip, sink cap,
+bounded frames in flight), and real processes dumped on several threads compared byte for byte
+with a one-thread dump through /proc/PID/mem."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 import zstandard
 
 from collectors import memory_frames
-from collectors.memory_frames import Sequencer
+from collectors.memory_frames import FrameWriter, Sequencer
 from dfir_ar import elfcore
 from dfir_ar.collector import ByteCapReached, Outcome, Status
 from dfir_ar.evidence.bundle import BundleWriter
@@ -277,3 +278,126 @@ def test_byte_cap_mid_parallel_dump_is_raised_with_what_was_stored(
     core = unzstd(packed)
     assert len(core) == report.written and 0 < report.written < layout.size
     assert writer.bytes_written <= 4 << 20
+
+
+@pytest.mark.parametrize("lent", [False, True])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_frame_writer_surfaces_the_sink_cap(
+    bundle_writer: Callable[..., BundleWriter], workers: int, lent: bool
+) -> None:
+    writer = bundle_writer("memory", max_bytes=256 * 1024)
+    with writer.artifact("x.zst", "application/zstd") as art:
+        z = FrameWriter(art, 1, workers)
+        with pytest.raises(ByteCapReached):
+            for _ in range(256):  # incompressible: the cap is crossed early
+                if lent:
+                    buf = z.buffer()
+                    buf[: 1 << 20] = os.urandom(1 << 20)
+                    z.write_owned(buf, 1 << 20)
+                else:
+                    z.write(memoryview(os.urandom(128 * 1024)))
+        with pytest.raises(ByteCapReached):
+            z.close()  # the stream cannot be finished: said again, not swallowed
+        z.close()  # and then idempotent; the compressor threads are gone
+        assert not [t for t in threading.enumerate() if t.name.startswith("memory-zstd")]
+    assert writer.bytes_written <= 256 * 1024
+
+
+def frames_of(packed: bytes) -> list[zstandard.FrameParameters]:
+    """The parameters of each concatenated frame, walked one frame at a time."""
+    frames = []
+    while packed:
+        frames.append(zstandard.get_frame_parameters(packed))
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        dobj.decompress(packed)
+        packed = dobj.unused_data
+    return frames
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_frame_writer_round_trips(
+    bundle_writer: Callable[..., BundleWriter], workers: int
+) -> None:
+    data = b"".join(
+        os.urandom(1 << 20) if i % 2 else bytes([i]) * (1 << 20) for i in range(21)
+    ) + b"tail"
+    writer = bundle_writer("memory")
+    with writer.artifact("x.zst", "application/zstd") as art:
+        z = FrameWriter(art, 1, workers)
+        for off in range(0, len(data), 3 << 20):  # writes not aligned to frames
+            z.write(memoryview(data)[off : off + (3 << 20)])
+        z.close()
+    result, report = seal(writer, Outcome(Status.OK))
+    assert report.ok, report.problems
+    packed = read_members(result.path)["artifacts/memory/x.zst"]
+    assert unzstd(packed) == data
+    frames = frames_of(packed)
+    assert len(frames) == 3 and all(f.has_checksum for f in frames)
+
+
+class SlowSink:
+    """An artifact writer slower than the producer; notes which threads wrote, and how far the
+    producer's frames ran ahead of it."""
+
+    def __init__(self) -> None:
+        self.out = io.BytesIO()
+        self.threads: set[threading.Thread] = set()
+        self.produced = 0
+        self.writes = 0
+        self.most_ahead = 0
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        self.threads.add(threading.current_thread())
+        self.most_ahead = max(self.most_ahead, self.produced - self.writes)
+        time.sleep(random.random() / 500)
+        self.writes += 1
+        return self.out.write(data)
+
+    @property
+    def size(self) -> int:
+        return self.out.tell()
+
+
+def test_frame_writer_of_nothing_is_one_empty_frame() -> None:
+    sink = SlowSink()
+    FrameWriter(sink, 1, 2).close()
+    assert unzstd(sink.out.getvalue()) == b"" and len(frames_of(sink.out.getvalue())) == 1
+
+
+def test_frame_writer_refuses_a_write_after_close() -> None:
+    z = FrameWriter(SlowSink(), 1, 2)
+    z.close()
+    with pytest.raises(ValueError, match="after close"):
+        z.write(memoryview(b"late"))
+    with pytest.raises(ValueError, match="after close"):
+        z.write_owned(z.buffer(), 4)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_frame_writer_holds_a_bounded_window_in_order(workers: int) -> None:
+    sink = SlowSink()
+    z = FrameWriter(sink, 1, workers)
+    lent: dict[int, bytearray] = {}
+    expected = bytearray()
+    for i in range(60):  # as lime.acquire does: a header copied in, then a lent buffer
+        header = b"range %d;" % i
+        buf = z.buffer()
+        lent[id(buf)] = buf
+        n = 4096 + 97 * i
+        buf[:n] = bytes([i]) * n
+        z.write(memoryview(header))
+        z.write_owned(buf, n)  # two frames: the header held by write(), then buf
+        sink.produced += 2
+        expected += header + buf[:n]
+    z.close()
+    assert unzstd(sink.out.getvalue()) == expected
+    assert len(frames_of(sink.out.getvalue())) == sink.writes == 120
+    # The producer waited for the slow sink instead of piling frames up in memory: never more
+    # than the window in flight; lent buffers come back once compressed.
+    window = max(memory_frames.FRAMES_IN_FLIGHT, 2 * workers)
+    assert sink.most_ahead <= window
+    assert len(lent) <= window + 2
+    if workers == 1:
+        assert sink.threads == {threading.current_thread()}  # one thread does it all
+    else:
+        assert threading.current_thread() not in sink.threads
