@@ -48,6 +48,12 @@ class NetPair:
         )
         return done.returncode == 0
 
+    def reachable(self, dst: str | None = None, wait: float = 1.0) -> bool:
+        """Up to three bounded pings, true at the first reply: for checks that traffic passes,
+        where one packet lost or late on a loaded host is not the answer (a check that traffic
+        is dropped keeps the single ping_ok: the block drops every one)."""
+        return any(self.ping_ok(dst, wait=wait) for _ in range(3))
+
     def agent_argv(self, argv: Sequence[str]) -> list[str]:
         """Prefix ``argv`` to run it inside the agent namespace."""
         return ["ip", "netns", "exec", self.agent, *argv]

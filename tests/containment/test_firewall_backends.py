@@ -33,7 +33,7 @@ def test_block_then_unblock_ipv4_and_ipv6(
 ) -> None:
     fw = _make(agent, pair, tmp_path, backend)
     try:
-        assert pair.ping_ok(pair.b4) and pair.ping_ok(pair.b6), "namespaces must talk before"
+        assert pair.reachable(pair.b4) and pair.reachable(pair.b6), "namespaces must talk before"
         state4 = agent(fw.add, req(pair.a4, timeout=60))
         state6 = agent(fw.add, req(pair.a6, timeout=60))
         assert state4["backend"] == backend and state4["addr"] == pair.a4
@@ -44,7 +44,7 @@ def test_block_then_unblock_ipv4_and_ipv6(
         agent(fw.delete, req(pair.a4), state4)
         agent(fw.delete, req(pair.a6), state6)
         assert agent(fw.active) == set()
-        assert pair.ping_ok(pair.b4) and pair.ping_ok(pair.b6)
+        assert pair.reachable(pair.b4) and pair.reachable(pair.b6)
         # delete is quiet when the block is already gone
         agent(fw.delete, req(pair.a4), state4)
     finally:
@@ -67,7 +67,7 @@ def test_white_listed_address_is_never_blocked(
         # block list, the kernel's allow list lets it through.
         agent(fw.backend.add, [Block(parse_ip(pair.a4), 60), Block(parse_ip(pair.a6), 60)])
         assert pair.a4 in agent(fw.active)
-        assert pair.ping_ok(pair.b4) and pair.ping_ok(pair.b6)
+        assert pair.reachable(pair.b4) and pair.reachable(pair.b6)
     finally:
         agent(fw.teardown)
 
@@ -90,7 +90,7 @@ def test_purged_ruleset_is_detected_and_repaired(
         agent_run(pair, "nft", "flush", "ruleset")
         if backend == "ipset":
             agent_run(pair, "ipset", "destroy")
-        assert pair.ping_ok(pair.b4), "the purge really lifted the block"
+        assert pair.reachable(pair.b4), "the purge really lifted the block"
 
         assert agent(fw.check_and_repair, live) is True
         assert agent(fw.active) == {pair.a4}
@@ -165,7 +165,7 @@ def test_two_commands_share_an_address_without_undoing_each_other(
         assert not pair.ping_ok(pair.b4)
         agent(day_fw.delete, day_req, {})
         assert agent(day_fw.active) == set()
-        assert pair.ping_ok(pair.b4)
+        assert pair.reachable(pair.b4)
     finally:
         agent(short_fw.teardown)
 
@@ -213,7 +213,7 @@ def test_add_after_a_silent_purge_restores_enforcement(
     try:
         agent(fw.add, req(pair.a4, timeout=120))
         agent_run(pair, "nft", "flush", "ruleset")
-        assert pair.ping_ok(pair.b4)
+        assert pair.reachable(pair.b4)
         agent(fw.add, req(pair.a6, timeout=120))
         assert agent(fw.backend.intact)
         assert agent(fw.active) == {pair.a4, pair.a6}

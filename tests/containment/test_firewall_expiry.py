@@ -41,14 +41,14 @@ def test_block_expires_in_the_kernel_without_dfir_ar(
     require_tool(*EXPIRING[backend])
     fw = agent(FirewallDrop, context(tmp_path, protected(pair), backend=backend))
     try:
+        added = time.monotonic()  # before the add: a slow add cannot make it look early
         agent(fw.add, req(pair.a4, timeout=2))
         agent(fw.add, req(pair.a6, timeout=2))
-        added = time.monotonic()
         assert not pair.ping_ok(pair.b4, wait=0.5)
         # No dfir-ar code runs from here on: only the kernel can lift the block.
         _wait_until(lambda: pair.ping_ok(pair.b4, wait=0.3), limit=6)
-        assert time.monotonic() - added >= 1.5, "lifted too early"
-        assert pair.ping_ok(pair.b6)
+        assert time.monotonic() - added >= 1.9, "lifted too early"
+        _wait_until(lambda: pair.ping_ok(pair.b6, wait=0.3), limit=3)
         assert agent(fw.active) == set()
     finally:
         agent(fw.teardown)

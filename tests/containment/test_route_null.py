@@ -23,7 +23,7 @@ def test_blackhole_blocks_and_delete_restores_ipv4_ipv6(
     pair: NetPair, agent: InNetns, tmp_path: Path
 ) -> None:
     rn = _rn(agent, pair, tmp_path)
-    assert pair.ping_ok(pair.b4) and pair.ping_ok(pair.b6)
+    assert pair.reachable(pair.b4) and pair.reachable(pair.b6)
     r4, r6 = req(pair.a4, 60, "route-null"), req(pair.a6, 60, "route-null")
     s4 = agent(rn.add, r4)
     s6 = agent(rn.add, r6)
@@ -35,7 +35,7 @@ def test_blackhole_blocks_and_delete_restores_ipv4_ipv6(
     agent(rn.delete, r4, s4)
     agent(rn.delete, r6, s6)
     assert agent(rn.active) == set()
-    assert pair.ping_ok(pair.b4) and pair.ping_ok(pair.b6)
+    assert pair.reachable(pair.b4) and pair.reachable(pair.b6)
     agent(rn.delete, r4, s4)  # quiet when already gone
 
 
@@ -69,7 +69,7 @@ def test_reconcile_readds_missing_and_removes_orphans(
     agent(rn.add, orphan_req)
     agent(rn.add, live_req)
     agent_run(pair, "ip", "route", "del", "blackhole", f"{pair.a4}/32")  # someone removed it
-    assert pair.ping_ok(pair.b4)
+    assert pair.reachable(pair.b4)
     report = agent(rn.reconcile, [LiveEntry(request=live_req, state={}, remaining=30.0)])
     assert (report.readded, report.removed_orphans) == (1, 1)
     assert agent(rn.active) == {pair.a4}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -67,7 +68,7 @@ def test_serve_blocks_from_alerts_and_unblocks_on_time(tmp_path: Path) -> None:
 
 
 def test_graceful_stop_keeps_the_block_and_restart_lifts_it_on_time(tmp_path: Path) -> None:
-    setup = make_setup(tmp_path, timeout=3)
+    setup = make_setup(tmp_path, timeout=6)  # outlives the stop even on a loaded host
     with serving(setup) as serve:
         setup.append(wazuh_alert("203.0.113.11"))
         wait_for(lambda: setup.deny_lines() == ["ALL: 203.0.113.11"], 10, "the deny line")
@@ -163,7 +164,8 @@ def test_run_local_and_blocks_through_a_running_serve(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert "no dfir-ar serve" not in done.stderr
         assert "host-deny 203.0.113.31: ok" in done.stdout
-        assert "undone in 60s" in done.stdout or "undone in 59s" in done.stdout
+        undone = re.search(r"undone in (\d+)s", done.stdout)
+        assert undone is not None and 50 <= int(undone.group(1)) <= 60, done.stdout
         assert setup.deny_lines() == ["ALL: 203.0.113.31"]
         table = setup.cli("blocks", "list")
         assert "203.0.113.31" in table.stdout and "EXPIRES IN" in table.stdout

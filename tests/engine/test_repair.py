@@ -104,14 +104,15 @@ def test_block_is_back_within_the_repair_tick_after_nft_flush_ruleset(
     pair: NetPair, serve: Callable[[], Path], tmp_path: Path
 ) -> None:
     logfile = serve()
-    assert pair.ping_ok(), "attacker reaches the agent before any block"
+    assert pair.reachable(), "attacker reaches the agent before any block"
     with (tmp_path / "alerts.json").open("a") as f:
         f.write(wazuh_alert(pair.a4) + "\n")
     wait_for(lambda: _blocked(pair), 15, "block in place")
     assert not pair.ping_ok(), "the block drops the attacker's packets"
 
     pair.in_agent("nft", "flush", "ruleset")
-    assert not _blocked(pair)
+    # Not asserted gone here: a repair tick may already have put it back. The log line below
+    # is the proof that the repair saw the removal.
     flushed = time.monotonic()
     wait_for(lambda: _blocked(pair), 5, "block restored after nft flush ruleset")
     took = time.monotonic() - flushed

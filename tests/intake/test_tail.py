@@ -40,7 +40,9 @@ def test_appended_lines_are_picked_up_fast_and_partial_lines_wait(
     path = tmp_path / "alerts.json"
     path.write_bytes(b"")
     rec = Recorder(JsonCursorStore(tmp_path / "cursors.json"))
-    source = tail(path, rec.store, use_inotify=inotify)  # type: ignore[arg-type]
+    # With inotify the safety poll is 5 s, so only the inotify wake can deliver in time.
+    source = tail(path, rec.store, use_inotify=inotify,  # type: ignore[arg-type]
+                  safety_poll=5.0)
     run_source(source, rec)
     assert (source.waker is not None) is inotify
     time.sleep(0.05)
@@ -51,7 +53,10 @@ def test_appended_lines_are_picked_up_fast_and_partial_lines_wait(
         rec.wait_for(n + 1)
         latencies.append(time.monotonic() - start)
     assert ids(rec) == [f"1795334410.{n}" for n in range(20)]
-    assert sorted(latencies)[len(latencies) // 2] < 0.010, latencies  # median well under 10 ms
+    # Typically 1-3 ms (the 10 ms budget is measured in bench/engine, not asserted here: a loaded
+    # CI host can stall a thread hand-off); a tail that waited for its 5 s safety poll, or that
+    # polled at APPEAR_POLL (100 ms) instead of every 2 ms, has a median of 50 ms or more.
+    assert sorted(latencies)[len(latencies) // 2] < 0.030, latencies
     line = wazuh_line(n=99)
     append(path, line[:40])
     time.sleep(0.05)
@@ -100,7 +105,7 @@ def test_writes_through_another_name_wake_the_tail(
     run_source(tail(path, JsonCursorStore(tmp_path / "c.json"), safety_poll=5.0), rec)
     for n in range(3):
         append(real, wazuh_line(n=n))
-        rec.wait_for(n + 1, timeout=1.0)
+        rec.wait_for(n + 1, timeout=3.0)  # the 5 s safety poll would be too late
     assert ids(rec) == [f"1795334410.{n}" for n in range(3)]
 
 
@@ -129,7 +134,10 @@ def test_rotation_finishes_the_old_file_then_reads_the_new_one(
     path = tmp_path / "alerts.json"
     path.write_bytes(b"")
     rec = Recorder(JsonCursorStore(tmp_path / "cursors.json"))
-    run_source(tail(path, rec.store, use_inotify=inotify), rec)  # type: ignore[arg-type]
+    # rotate_wait 1 s (default 0.1): the writes to the old file below must not be taken as its
+    # end when the test thread stalls between them on a loaded host.
+    run_source(tail(path, rec.store, use_inotify=inotify,  # type: ignore[arg-type]
+                    rotate_wait=1.0), rec)
     append(path, wazuh_line(n=0))
     rec.wait_for(1)
     with path.open("ab") as old:
