@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import select
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +29,15 @@ from tests.netns import NetPair, net_pair
 
 REPO = Path(__file__).resolve().parents[2]
 OTHER4 = "198.51.100.7"  # a second attacker-side address whose traffic must NOT be captured
+BROADCAST4 = "198.51.100.255"  # the pair's /24: no ARP before, no ICMP error after a datagram
 
 SENDER = r"""
 import socket, sys, time
 src, dst, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_DGRAM)
+if fam == socket.AF_INET:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
 s.bind((src, 0))
 for i in range(count):
     s.sendto(b"x" * size, (dst, 40000 + i % 7))
@@ -53,26 +58,108 @@ def send_udp(pair: NetPair, src: str, dst: str, count: int, size: int = 100) -> 
     pair.in_attacker(sys.executable, "-c", SENDER, src, dst, str(count), str(size), timeout=30)
 
 
+class Runner:
+    """tests/collectors/pcap_runner.py in the agent namespace: its stdout lines arrive on a queue
+    (so waiting for one is bounded and never blocks on a buffered pipe), stdin takes commands."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=REPO)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [threading.Thread(target=self._read_out, daemon=True),
+                         threading.Thread(target=self._read_err, daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.out.append(line)
+            self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        self.err.extend(self.proc.stderr)
+
+    def expect(self, prefix: str, timeout: float = 20) -> str:
+        """The next stdout line starting with ``prefix``; returns as soon as it arrives."""
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                self.proc.wait(timeout=30)
+                raise AssertionError(f"the capture ended before printing {prefix!r}: "
+                                     f"{''.join(self.out)}{''.join(self.err)}")
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"the capture never printed {prefix!r} within {timeout:g} s")
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        """End the capture window now: the collector sees its --duration reached (status ok)
+        at its next poll, then drains what the kernel already queued."""
+        self.send("STOP")
+
+    def packets_read(self, at_least: int, timeout: float = 20) -> int:
+        """Wait until the collector has read ``at_least`` packets (it reports its count)."""
+        end = time.monotonic() + timeout
+        count = -1
+        while time.monotonic() < end:
+            self.send("COUNT")
+            count = int(self.expect("PACKETS ", max(0.1, end - time.monotonic())).split()[1])
+            if count >= at_least:
+                return count
+            time.sleep(0.05)
+        raise AssertionError(f"the capture read {count} packets, not {at_least}, in {timeout:g} s")
+
+    def finish(self, *, stop: bool = False) -> dict[str, str]:
+        """Wait for the BundleResult. ``stop``: end the capture window first (see ``stop``);
+        a test passes it once its traffic is done, or when it fails before that."""
+        assert self.proc.stdin is not None
+        if stop:
+            with contextlib.suppress(BrokenPipeError):  # it ended already
+                self.stop()
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("the capture did not end within 60 s") from None
+        finally:
+            for reader in self._readers:
+                reader.join(10)
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        assert self.proc.returncode == 0, "".join(self.err)
+        result: dict[str, str] = json.loads(self.out[-1])
+        return result
+
+
 def start_capture(pair: NetPair, spool: Path, srcip: str, *options: str, deadline: float = 30,
-                  bundle_bytes: int = 1 << 30) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        pair.agent_argv([sys.executable, "-m", "tests.collectors.pcap_runner", str(spool), srcip,
-                         str(deadline), str(bundle_bytes), *options]),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # the capture is open and filtered once this arrives
-    if line.strip() != "READY":
-        proc.kill()
-        raise AssertionError(f"capture did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
-    return proc
-
-
-def finish(proc: subprocess.Popen[str]) -> dict[str, str]:
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    result: dict[str, str] = json.loads(out.strip().splitlines()[-1])
-    return result
+                  bundle_bytes: int = 1 << 30) -> Runner:
+    runner = Runner(pair.agent_argv([sys.executable, "-m", "tests.collectors.pcap_runner",
+                                     str(spool), srcip, str(deadline), str(bundle_bytes),
+                                     *options]))
+    try:
+        runner.expect("READY", 60)  # the capture is open and filtered once this arrives
+    except AssertionError:
+        runner.proc.kill()
+        runner.proc.wait()
+        raise
+    return runner
 
 
 def tcpdump_count(pcap: Path, expression: str) -> int:
@@ -84,13 +171,15 @@ def tcpdump_count(pcap: Path, expression: str) -> int:
 @pytest.mark.parametrize("ring", ["yes", "no"])
 def test_capture_has_exactly_the_attackers_packets(pair: NetPair, tmp_path: Path,
                                                    ring: str) -> None:
-    proc = start_capture(pair, tmp_path, pair.a4, "--duration", "3", f"--ring={ring}")
+    # The window is long and ends when the traffic is done (STOP), so it never races the senders.
+    runner = start_capture(pair, tmp_path, pair.a4, "--duration", "60", f"--ring={ring}",
+                           deadline=600)
     try:
         send_udp(pair, pair.a4, pair.b4, 40)
         send_udp(pair, OTHER4, pair.b4, 25)
         assert pair.ping_ok(count=3, wait=1)
     finally:
-        result = finish(proc)
+        result = runner.finish(stop=True)  # the traffic is done: the window ends at once
     bundle = Path(result["path"])
     report = verify_bundle(bundle)
     assert report.ok, report.problems
@@ -117,12 +206,12 @@ def test_capture_has_exactly_the_attackers_packets(pair: NetPair, tmp_path: Path
 
 
 def test_ipv6_max_packets_and_snaplen(pair: NetPair, tmp_path: Path) -> None:
-    proc = start_capture(pair, tmp_path, pair.a6, "--duration", "20", "--max-packets", "10",
-                         "--snaplen", "80", "--interface", pair.agent_if)
+    runner = start_capture(pair, tmp_path, pair.a6, "--duration", "20", "--max-packets", "10",
+                           "--snaplen", "80", "--interface", pair.agent_if)
     try:
         send_udp(pair, pair.a6, pair.b6, 30, size=300)
     finally:
-        result = finish(proc)
+        result = runner.finish()
     assert result["status"] == "ok"
     bundle = Path(result["path"])
     assert verify_bundle(bundle).ok
@@ -141,12 +230,12 @@ def test_max_bytes_and_bundle_cap_leave_a_valid_partial_pcap(pair: NetPair, tmp_
         ([], 2500, "byte cap"),
     ):
         spool = tmp_path / reason.replace(" ", "_")
-        proc = start_capture(pair, spool, pair.a4, "--duration", "20",
-                             "--interface", pair.agent_if, *option, bundle_bytes=cap)
+        runner = start_capture(pair, spool, pair.a4, "--duration", "20",
+                               "--interface", pair.agent_if, *option, bundle_bytes=cap)
         try:
             send_udp(pair, pair.a4, pair.b4, 60, size=100)
         finally:
-            result = finish(proc)
+            result = runner.finish()
         assert result["status"] == "partial", result
         bundle = Path(result["path"])
         report = verify_bundle(bundle)
@@ -162,9 +251,9 @@ def test_max_bytes_and_bundle_cap_leave_a_valid_partial_pcap(pair: NetPair, tmp_
 
 
 def test_deadline_before_duration_is_partial(pair: NetPair, tmp_path: Path) -> None:
-    proc = start_capture(pair, tmp_path, pair.a4, "--duration", "600", "--interface",
-                         pair.agent_if, deadline=2)
-    result = finish(proc)
+    runner = start_capture(pair, tmp_path, pair.a4, "--duration", "600", "--interface",
+                           pair.agent_if, deadline=2)
+    result = runner.finish()
     assert result["status"] == "partial"
     report = verify_bundle(Path(result["path"]))
     assert report.ok
@@ -195,14 +284,18 @@ def test_filter_is_compiled_for_the_snaplen() -> None:
 
 def test_interface_deleted_mid_capture_keeps_what_was_captured(pair: NetPair,
                                                                tmp_path: Path) -> None:
-    proc = start_capture(pair, tmp_path, pair.a4, "--duration", "20", "--interface",
-                         pair.agent_if)
+    # Only the interface going away may end this capture: the window and deadline are far
+    # beyond the clock steps packets_read takes.
+    runner = start_capture(pair, tmp_path, pair.a4, "--duration", "3600", "--interface",
+                           pair.agent_if, deadline=7200)
     try:
-        send_udp(pair, pair.a4, pair.b4, 12)
-        time.sleep(1.0)  # let the capture read them (it polls every 100 ms)
+        # Broadcast, so these 12 are all the traffic the filter matches (unicast would add an
+        # ARP exchange and rate-limited "port unreachable"s): 12 read = all of them read.
+        send_udp(pair, pair.a4, BROADCAST4, 12)
+        runner.packets_read(12)
         pair.in_attacker("ip", "link", "del", pair.attacker_if)  # takes the peer with it
     finally:
-        result = finish(proc)
+        result = runner.finish()
     assert result["status"] == "partial"
     bundle = Path(result["path"])
     report = verify_bundle(bundle)
@@ -211,29 +304,14 @@ def test_interface_deleted_mid_capture_keeps_what_was_captured(pair: NetPair,
     assert "went away" in report.manifest.collectors[0].reason
     pcap = extract_artifact(bundle, f"artifacts/pcap/{pair.agent_if}.pcap", tmp_path / "g.pcap")
     assert tcpdump_count(pcap, f"udp and src host {pair.a4}") == 12
-
-
-def _expect_line(proc: subprocess.Popen[str], wanted: str, timeout: float) -> None:
-    """Read the runner's stdout until the line ``wanted`` (fails after ``timeout`` seconds)."""
-    assert proc.stdout is not None
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, end - time.monotonic()))
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.strip() == wanted:
-            return
-    raise AssertionError(f"the capture never printed {wanted!r}")
+    assert tcpdump_count(pcap, "") == 12  # nothing else matched: packets_read(12) saw them all
 
 
 def test_an_interface_created_mid_capture_is_captured_too(pair: NetPair, tmp_path: Path) -> None:
     # The attacker's address lives only on a link that does not exist when the capture starts.
     late_att, late_agt = f"lx{pair.attacker_if[2:]}", f"ly{pair.agent_if[2:]}"
     attacker, agent = "203.0.113.66", "203.0.113.65"
-    proc = start_capture(pair, tmp_path, attacker, "--duration", "8")
+    runner = start_capture(pair, tmp_path, attacker, "--duration", "60", deadline=600)
     try:
         pair.in_attacker("ip", "link", "add", late_att, "type", "veth", "peer", "name", late_agt)
         pair.in_attacker("ip", "link", "set", late_agt, "netns", pair.agent)
@@ -241,10 +319,10 @@ def test_an_interface_created_mid_capture_is_captured_too(pair: NetPair, tmp_pat
         pair.in_agent("ip", "addr", "add", f"{agent}/24", "dev", late_agt)
         pair.in_attacker("ip", "link", "set", late_att, "up")
         pair.in_agent("ip", "link", "set", late_agt, "up")
-        _expect_line(proc, f"ADDED {late_agt}", 4)
+        runner.expect(f"ADDED {late_agt}", 20)
         send_udp(pair, attacker, agent, 20)
     finally:
-        result = finish(proc)
+        result = runner.finish(stop=True)  # the traffic is done: the window ends at once
     assert result["status"] == "ok"
     bundle = Path(result["path"])
     report = verify_bundle(bundle)

@@ -1,6 +1,6 @@
-"""Storage fixtures: ONE real SeaweedFS per test session (it takes fixed ports 8333, 9333, 19333,
-9340, 19340, 8888, 18888, 18333 on 127.0.0.1), identities with per-agent prefix permissions,
-configs that point dfir-ar at it, and real sealed bundles from the BundleWriter."""
+"""Storage fixtures: ONE real SeaweedFS per test session (on 127.0.0.1, on ports found free when
+it starts), identities with per-agent prefix permissions, configs that point dfir-ar at it, and
+real sealed bundles from the BundleWriter."""
 
 from __future__ import annotations
 
@@ -27,8 +27,16 @@ from dfir_ar.evidence.manifest import AgentInfo, Trigger
 from dfir_ar.procs import kill_group
 from tests.conftest import require_root
 
-S3_PORT = 8333
-WEED_PORTS = (8333, 9333, 19333, 9340, 19340, 8888, 18888, 18333)
+WEED_PORT_FLAGS = (
+    "s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
+    "volume.port.grpc", "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc",
+)
+"""Every TCP port ``weed mini`` listens on (without a flag each has a fixed default: 8333, 9333,
+8888, 23646, ...)."""
+START_ATTEMPTS = 5
+"""Starts tried when a port found free was taken before weed bound it."""
+PORT_TAKEN = (b"port allocation failed", b"address already in use")
+"""What weed logs when one of its ports is taken."""
 BUCKET = "evidence"
 """The bucket the per-agent identities are scoped to."""
 LOCKED_BUCKET = "evidence-locked"
@@ -75,6 +83,22 @@ def s3_json() -> dict[str, Any]:
     }
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different ports nothing listens on now: bound together on 127.0.0.1 (port 0, the
+    kernel picks), read, released. Another process may take one before weed binds it; start()
+    retries then."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -93,18 +117,47 @@ class Seaweed:
         self.config.write_text(json.dumps(s3_json()))
         self.log = root / "weed.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.endpoint = f"http://127.0.0.1:{S3_PORT}"
+        self.started = False
+        self.ports = dict(zip(WEED_PORT_FLAGS, free_ports(len(WEED_PORT_FLAGS)), strict=True))
+
+    @property
+    def s3_port(self) -> int:
+        return self.ports["s3.port"]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
 
     def start(self) -> None:
-        busy = [p for p in WEED_PORTS if _port_open(p)]
-        if busy:
-            pytest.fail(f"ports {busy} on 127.0.0.1 are in use; a SeaweedFS from an earlier run?")
+        """Start weed and wait until S3 answers. A port taken since it was picked gets a new
+        free one; only the S3 port stays once the server has run (configs hold its endpoint)."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            if self._start_once():
+                self.started = True
+                return
+            if attempt == START_ATTEMPTS:
+                pytest.fail(f"SeaweedFS did not start in {START_ATTEMPTS} attempts: its ports "
+                            f"were taken each time; see {self.log}")
+            keep = {"s3.port"} if self.started else set()
+            new = iter(free_ports(len(WEED_PORT_FLAGS)))
+            self.ports = {flag: port if flag in keep else next(new)
+                          for flag, port in self.ports.items()}
+
+    def _start_once(self) -> bool:
+        """True once S3 answers; False if weed stopped because a port was taken."""
+        if any(_port_open(port) for port in self.ports.values()):
+            return False  # taken already (another suite's SeaweedFS must not answer for ours)
         argv = [
             self.binary, "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.config}",
+            # Unix sockets beside the data, not /tmp/seaweedfs-<name>-<port>.sock.
+            f"-s3.localSocket={self.root / 's3.sock'}",
+            f"-filer.localSocket={self.root / 'filer.sock'}",
+            *(f"-{flag}={port}" for flag, port in self.ports.items()),
         ]
         log = self.log.open("ab")
+        logged = log.tell()
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
         )
@@ -113,22 +166,40 @@ class Seaweed:
         client = self.client("admin", retries=1)
         while True:
             if self.proc.poll() is not None:
-                pytest.fail(f"weed exited with {self.proc.returncode}; see {self.log}")
+                code = self.proc.returncode
+                self._kill()
+                if self._port_taken(logged):
+                    return False
+                pytest.fail(f"weed exited with {code}; see {self.log}")
             try:
                 client.list_buckets()
-                break
+                if self.proc.poll() is None:  # ours answered, not whoever holds the port
+                    return True
+                continue
             except Exception:
                 if time.monotonic() > deadline:
-                    self.stop()
+                    self._kill()
+                    if self._port_taken(logged):
+                        return False
                     pytest.fail(f"SeaweedFS not ready after 60 s; see {self.log}")
                 time.sleep(0.2)
 
-    def stop(self) -> None:
+    def _port_taken(self, since: int) -> bool:
+        with self.log.open("rb") as log:
+            log.seek(since)
+            text = log.read().lower()
+        return any(words in text for words in PORT_TAKEN)
+
+    def _kill(self) -> None:
         if self.proc is not None:
             kill_group(self.proc, grace=10)
             self.proc = None
+
+    def stop(self) -> None:
+        """Stop weed and wait until its ports are closed."""
+        self._kill()
         deadline = time.monotonic() + 20
-        while any(_port_open(p) for p in WEED_PORTS) and time.monotonic() < deadline:
+        while any(_port_open(p) for p in self.ports.values()) and time.monotonic() < deadline:
             time.sleep(0.1)
 
     def client(self, identity: str = "admin", *, retries: int = 2) -> Any:

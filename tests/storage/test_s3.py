@@ -223,7 +223,7 @@ class _CuttingProxy:
 
 @pytest.fixture
 def cutting_proxy(seaweed: Seaweed) -> Iterator[_CuttingProxy]:
-    proxy = _CuttingProxy(8333, budget=256 * 1024)
+    proxy = _CuttingProxy(seaweed.s3_port, budget=256 * 1024)
     try:
         yield proxy
     finally:
