@@ -194,6 +194,12 @@ class Seaweed:
         if self.proc is not None:
             kill_group(self.proc, grace=10)
             self.proc = None
+        # weed puts some gRPC sockets in /tmp whatever -*.localSocket says, named by port:
+        # remove the ones of this launch's ports (and only those) so runs leave nothing behind.
+        for port in self.ports.values():
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                if sock.is_socket():
+                    sock.unlink(missing_ok=True)
 
     def stop(self) -> None:
         """Stop weed and wait until its ports are closed."""
