@@ -10,7 +10,9 @@
 - A line without its newline is not consumed until it is complete.
 - First start without a cursor: like Wazuh's ``only-future-events``, an existing file is
   followed from its end (``start_at = "end"``), so old alerts do not trigger fresh blocks;
-  ``start_at = "beginning"`` reads it whole. A file that appears later is read from 0.
+  ``start_at = "beginning"`` reads it whole. A file that appears later is read from 0. Either
+  place is recorded as the cursor at once, so a stop before the first alert loses nothing: the
+  next start resumes there (and a file that appeared meanwhile is still read from 0).
 
 Waking up: inotify (through ctypes, on the file's directory, so renames and re-creations are
 seen too) wakes the tail on the write itself; a slow safety poll (``safety_poll``) covers what
@@ -56,6 +58,12 @@ class FilePosition:
 
     def encode(self) -> str:
         return f"v1:{self.dev}:{self.ino}:{self.offset}"
+
+    @property
+    def before_the_file(self) -> bool:
+        """The cursor of a tail that started before the file existed (no inode is 0): the file
+        that appears is read from its start, however many starts later."""
+        return self.ino == 0
 
     @classmethod
     def decode(cls, text: str) -> FilePosition | None:
@@ -335,6 +343,11 @@ class FileTail:
                 st = os.stat(self.path)
                 break
             except FileNotFoundError:
+                if pos is None:
+                    # Where this source stands, recorded: a file that appears while serve is
+                    # stopped is still read from its start by the next one.
+                    pos = FilePosition(0, 0, 0)
+                    self._mark(handle, pos)
                 if not waited:
                     log.info("%s: waiting for %s to appear", self.name, self.path)
                     waited = True
@@ -346,6 +359,8 @@ class FileTail:
                         stop.wait(max(self.poll_interval, APPEAR_POLL))
         else:
             return None
+        if pos is not None and pos.before_the_file:
+            pos, waited = None, True  # the file it waited for is here: read it from 0 (below)
         if pos is not None and (st.st_dev, st.st_ino) == (pos.dev, pos.ino):
             if st.st_size >= pos.offset:
                 return self._open(self.path, pos.offset)
@@ -374,7 +389,19 @@ class FileTail:
             return self._open(self.path, 0)
         offset = self._end_offset(self.path)
         log.info("%s: no cursor yet; following %s from its end (offset %d)", self.name, self.path, offset)
-        return self._open(self.path, offset, resync=offset > 0)
+        cur = self._open(self.path, offset, resync=offset > 0)
+        # Recorded now, not with the first alert: a stop before any alert arrives must not
+        # make the next start take "the end" again, past what was written in between.
+        self._mark(handle, FilePosition(cur.dev, cur.ino, offset))
+        return cur
+
+    def _mark(self, handle: Handler, pos: FilePosition) -> None:
+        """Record ``pos`` as this source's cursor with no record (through the handler, so it is
+        written in order behind anything handed over before; a handler without ``many`` keeps
+        no cursors of its own)."""
+        many = getattr(handle, "many", None)
+        if many is not None:
+            many([], Cursor(self.name, pos.encode()))
 
     def _idle(self, stop: threading.Event) -> None:
         """Until inotify says something changed, safety_poll passed, or stop is set (checked

@@ -148,6 +148,7 @@ class Serve:
             with contextlib.suppress(ServeNotRunning, TransportError):
                 if request(self.setup.socket, {"op": "ping"}, timeout=2).get("ok") and (
                     not self._await_tail or "to appear" in self.log()
+                    or "following" in self.log()  # the file was there already
                 ):
                     return
             time.sleep(0.05)

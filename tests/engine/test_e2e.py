@@ -81,6 +81,34 @@ def test_graceful_stop_keeps_the_block_and_restart_lifts_it_on_time(tmp_path: Pa
     assert adds == deletes == Counter({"203.0.113.11": 1})
 
 
+def test_a_stop_before_any_alert_keeps_the_place_in_the_file(tmp_path: Path) -> None:
+    # The first start follows an existing file from its end; that place is recorded at once,
+    # so an alert written while serve is down is read by the next start, not skipped.
+    setup = make_setup(tmp_path, timeout=60)
+    setup.append(wazuh_alert("203.0.113.40"))  # before dfir-ar was ever started: not acted on
+    with serving(setup) as serve:
+        assert serve.terminate() == 0
+    setup.append(wazuh_alert("203.0.113.41", n=1))  # while serve is down
+    with serving(setup) as serve:
+        wait_for(lambda: setup.deny_lines() == ["ALL: 203.0.113.41"], 10,
+                 "the alert written while serve was down")
+        assert serve.terminate() == 0
+    assert setup.deny_lines() == ["ALL: 203.0.113.41"]
+
+
+def test_a_file_that_appears_while_serve_is_stopped_is_read_from_its_start(
+    tmp_path: Path,
+) -> None:
+    setup = make_setup(tmp_path, timeout=60)  # no alerts file yet: serve waits for it
+    with serving(setup) as serve:
+        assert serve.terminate() == 0
+    setup.append(wazuh_alert("203.0.113.42"))  # Wazuh creates it while serve is down
+    with serving(setup) as serve:
+        wait_for(lambda: setup.deny_lines() == ["ALL: 203.0.113.42"], 10,
+                 "the alert in the file that appeared while serve was down")
+        assert serve.terminate() == 0
+
+
 def test_kill_9_then_restart_loses_nothing_and_repeats_nothing(tmp_path: Path) -> None:
     setup = make_setup(tmp_path, timeout=4)
     first = [f"203.0.113.{i}" for i in range(20, 25)]
