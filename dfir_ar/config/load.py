@@ -271,4 +271,32 @@ def _cross_check(
                         if plugin not in given:
                             msg += f" (add a [{kind}.{plugin}] table to the config)"
                         errors.append(f"{name}, [{kind}.{plugin}], {key}: {msg}")
+        _check_keys(name, config, errors)
     return config.model_copy(update={"active_response": tuple(fixed_ars)})
+
+
+def _check_keys(name: str, config: Config, errors: list[str]) -> None:
+    """The evidence keys must load now: a signing key that is missing or not ed25519 would
+    otherwise fail every collection, during an incident, instead of the start."""
+    from dfir_ar.evidence.signing import load_private_key, load_public_key
+
+    ev = config.evidence
+    if ev.signing_key is not None:
+        try:
+            load_private_key(ev.signing_key)
+        except DfirArError as exc:
+            errors.append(f"{name}, [evidence], signing_key: {_without_key_name(exc)}")
+    if ev.verify_key is not None:
+        try:
+            load_public_key(ev.verify_key)
+        except DfirArError as exc:
+            errors.append(f"{name}, [evidence], verify_key: {_without_key_name(exc)}")
+
+
+def _without_key_name(exc: Exception) -> str:
+    # "evidence.signing_key /k: cannot read (...)" -> "/k: cannot read (...)": the caller names
+    # the block and key.
+    text = str(exc)
+    for prefix in ("evidence.signing_key ", "public key "):
+        text = text.removeprefix(prefix)
+    return text

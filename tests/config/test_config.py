@@ -185,3 +185,19 @@ def test_collector_settings_checked_even_without_their_table(tmp_path: Path) -> 
     text = '[global]\nstate_dir = "{tmp}/s"\n\n[[command]]\nname = "scan"\nexecutable = "yara"\n'
     msg = error_of(write(tmp_path, text))
     assert "[collectors.yara], rules" in msg and "add a [collectors.yara] table" in msg
+
+
+def test_evidence_keys_must_load_at_start(tmp_path: Path) -> None:
+    from dfir_ar.evidence.signing import generate_keypair
+
+    missing = GOOD + '\n[evidence]\nsigning_key = "{tmp}/none.key"\nverify_key = "{tmp}/none.pub"\n'
+    msg = error_of(write(tmp_path, missing))
+    assert f"[evidence], signing_key: {tmp_path}/none.key: cannot read" in msg
+    assert "dfir-ar keys generate" in msg
+    assert f"[evidence], verify_key: {tmp_path}/none.pub: cannot read" in msg
+    (tmp_path / "not-a-key").write_text("hello\n")
+    garbage = GOOD + '\n[evidence]\nsigning_key = "{tmp}/not-a-key"\n'
+    assert "not an unencrypted PEM key" in error_of(write(tmp_path, garbage))
+    pair = generate_keypair(tmp_path / "keys")
+    good = GOOD + f'\n[evidence]\nsigning_key = "{pair.private_path}"\nverify_key = "{pair.public_path}"\n'
+    assert load_config(write(tmp_path, good)).config.evidence.signing_key == pair.private_path
