@@ -42,6 +42,13 @@ MAX_LEVEL = 20
 MAX_GROUPS = 64
 # A rule id is a small positive integer; ten digits keeps int() away from huge-number DoS.
 _MAX_RULE_ID_DIGITS = 10
+MAX_DEPTH = 64
+"""Deepest nesting of objects and arrays accepted in an alert. Real alerts nest a few levels;
+every record of what was done re-encodes the alert, and an alert nested deeper than the encoder
+goes (orjson: 255) must be refused here, not fail half-way through its execution."""
+_ALERT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/=+-]{0,127}")
+"""An alert id: logged, put in bundle manifests and in object-store metadata, so plain ASCII
+with no separators or line breaks (Wazuh's are "1795334410.12345")."""
 
 
 class MalformedAlert(RefusedInput):
@@ -78,9 +85,41 @@ def excerpt(data: bytes | str, limit: int = 120) -> str:
 
 
 def _check_size(data: bytes, max_bytes: int) -> None:
-    """Refuse an alert over ``max_bytes`` before anything parses it."""
+    """Refuse an alert over ``max_bytes`` before anything parses it, and one nested deeper
+    than MAX_DEPTH (counting brackets bounds the depth from above; only a line with more
+    brackets than that is measured exactly)."""
     if len(data) > max_bytes:
         raise OversizedAlert(f"alert is {len(data)} bytes; the limit is {max_bytes}")
+    if len(data) > 2 * MAX_DEPTH and data.count(b"[") + data.count(b"{") > MAX_DEPTH:
+        try:
+            obj = codec.loads(data)
+        except ValueError:
+            return  # not JSON (or deeper than the decoder goes): the parse says why
+        if _depth(obj) > MAX_DEPTH:
+            raise MalformedAlert(f"JSON nested deeper than {MAX_DEPTH} levels")
+
+
+def _depth(obj: object) -> int:
+    """Nesting depth of objects and arrays, without recursion."""
+    deepest = 0
+    todo: list[tuple[object, int]] = [(obj, 1)]
+    while todo:
+        value, level = todo.pop()
+        if type(value) is dict:
+            deepest = max(deepest, level)
+            todo.extend((v, level + 1) for v in value.values())
+        elif type(value) is list:
+            deepest = max(deepest, level)
+            todo.extend((v, level + 1) for v in value)
+    return deepest
+
+
+def _alert_id(value: object, what: str) -> str | None:
+    """None, or an id _ALERT_ID accepts; anything else refuses the alert."""
+    if value is None or (type(value) is str and _ALERT_ID.fullmatch(value)):
+        return value
+    raise MalformedAlert(f"{what}: {excerpt(repr(value), 40)} is not an alert id (letters, "
+                         "digits and ._:@/=+- only, up to 128)")
 
 
 def _parse_json(data: bytes, max_bytes: int) -> Any:
@@ -243,6 +282,7 @@ def alert_from_wazuh(obj: object, raw: Mapping[str, Any] | None = None) -> Alert
             raise _wrong(_STR_FIELDS[i], "a string", value)
     alert_id, timestamp, description, name, agent_ip, srcip, srcuser, dstuser, filename, \
         location, full_log = values
+    alert_id = _alert_id(alert_id, "id")
     if filename is None and "syscheck" in obj:
         syscheck = _opt_obj(obj["syscheck"], "syscheck")
         filename = _opt_str(syscheck.get("path"), "syscheck.path")
@@ -292,7 +332,7 @@ def alert_from_plain(obj: object) -> Alert:
         rule_id=_rule_id(obj.get("rule_id"), "rule_id"),
         level=_level(obj.get("level"), "level"),
         groups=_groups(obj.get("groups"), "groups"),
-        id=_opt_str(obj.get("id"), "id"),
+        id=_alert_id(obj.get("id"), "id"),
         timestamp=_opt_str(obj.get("timestamp"), "timestamp"),
         description=_opt_str(obj.get("description"), "description") or "",
         agent_id=MANAGER_AGENT_ID if agent_id is None else agent_id,
@@ -484,6 +524,8 @@ def _typed_wazuh(line: bytes) -> Alert | None:
         srcip, srcuser, dstuser, filename = data.srcip, data.srcuser, data.dstuser, data.filename
     if filename is None and alert.syscheck is not None:
         filename = alert.syscheck.path
+    if alert.id is not None and not _ALERT_ID.fullmatch(alert.id):
+        return None  # the dict path refuses it with the reason
     return new_alert(
         rule_id, level, groups, alert.id, alert.timestamp, rule.description or "", agent_id,
         agent_name, agent_ip, srcip, srcuser, dstuser, filename, alert.location or "",
@@ -584,7 +626,7 @@ def alert_from_ossec_block(lines: list[str]) -> Alert:
     groups = _groups(head.group(2), "groups")
     fields: dict[str, str] = {}
     i = 3
-    while i < len(lines):
+    while i < len(lines) - 1:  # the last line is the logged text (full_log), never a field
         m = _FIELD_LINE.match(lines[i])
         if m is None:
             break

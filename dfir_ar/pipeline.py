@@ -235,8 +235,8 @@ class Pipeline:
                         b.index, name, None, f"agent id {agent!r:.80} is not a valid agent id"
                     )
                 agent_ids = (agent,)
-            # else: an OSSEC alerts.log block names its agent but carries no id; the dispatcher
-            # resolves alert.agent_name (local mode simply runs here).
+            # else: an OSSEC alerts.log block names its agent but carries no id; not_here
+            # compares alert.agent_name with this host's name.
         order = Order(
             id=new_id(now),
             command=name,
@@ -256,16 +256,31 @@ class Pipeline:
         return Decision(b.index, name, order, None)
 
 
-def not_here(order: Order, agent_id: str) -> str | None:
-    """Why ``order`` does not run on a local-mode host that is agent ``agent_id``, or None.
+def not_here(order: Order, agent_id: str, agent_name: str = "") -> str | None:
+    """Why ``order`` does not run on a local-mode host that is agent ``agent_id`` named
+    ``agent_name``, or None.
 
     Local mode is one host: the manager (location server/all) and agent ``global.agent_id``.
     ``local`` means "the agent that produced the alert" (OSSEC/Wazuh): an alert from another agent
-    in a manager's alerts.json must not block or disable an account on THIS host. Pure, shared by
-    `serve` and `simulate` so both give the same answer.
+    in a manager's alerts.json must not block or disable an account on THIS host. An OSSEC
+    alerts.log block names its agent but gives no id: it is this host only by name
+    (``global.agent_name``, else the host name). Pure, shared by `serve` and `simulate` so both
+    give the same answer.
     """
     if order.location in (Location.SERVER, Location.ALL):
         return None
+    alert = order.alert
+    if (
+        order.location is Location.LOCAL and not order.agent_ids and alert is not None
+        and not alert.agent_id and alert.agent_name
+    ):
+        if alert.agent_name == agent_name:
+            return None
+        return (
+            f"location 'local' means agent {alert.agent_name!r:.80} (an OSSEC alert names its "
+            f"agent); this local-mode host is {agent_name!r} (set global.agent_name if this "
+            "host is that agent); fleet mode is not available in this build"
+        )
     if order.location is Location.LOCAL and (not order.agent_ids or agent_id in order.agent_ids):
         return None
     if order.location is Location.DEFINED_AGENT and agent_id in order.agent_ids:

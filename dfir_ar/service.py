@@ -11,6 +11,7 @@ reconciles them), unlike OSSEC and Wazuh, which lift every block on restart.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -70,6 +71,7 @@ class Service:
         self.config = config
         self.extra_alerts = tuple(extra_alerts)
         self.clock = clock or SystemClock()
+        self._hostname = socket.gethostname()  # this host's agent name when none is configured
         self.protected = list(protected) if protected is not None else protected_networks(config)
         self.stop_event = threading.Event()
         self.counters: Counter[str] = Counter()
@@ -250,7 +252,8 @@ class Service:
             self.executor.accept(orders, cursor=cursor)
 
     def _runs_here(self, order: Order) -> bool:
-        reason = not_here(order, self.config.global_.agent_id)
+        g = self.config.global_
+        reason = not_here(order, g.agent_id, g.agent_name or self._hostname)
         if reason is None:
             return True
         self.counters["not_here"] += 1

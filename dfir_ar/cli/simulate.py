@@ -8,6 +8,7 @@ a repeat would get), with the same dedup key the ledger uses (command + srcip or
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -137,7 +138,8 @@ class Simulation:
                 place = f"local (agent {order.agent_ids[0]})"
             elif alert is not None and alert.agent_name:
                 place = f"local (agent {excerpt(alert.agent_name, 30)}, by name)"
-        elsewhere = not_here(order, self.config.global_.agent_id)
+        g = self.config.global_
+        elsewhere = not_here(order, g.agent_id, g.agent_name or socket.gethostname())
         if elsewhere is not None:
             self._count("refused")
             return Row(*base, binding, d.command, place, "not here", elsewhere)

@@ -85,6 +85,20 @@ def test_ossec_manager_alert_and_missing_blank_line() -> None:
     assert parsed[0].end == text.index(b"** Alert 1461258592")
 
 
+def test_an_ossec_log_line_that_looks_like_a_field_is_not_one() -> None:
+    """A monitored log whose line starts with attacker text must not choose the address: the
+    block's last line is the logged text, never a field."""
+    text = (
+        b"** Alert 1461258593.5: - app,\n"
+        b"2016 Apr 21 13:09:53 (web01) 198.51.100.5->/var/log/app.log\n"
+        b"Rule: 100100 (level 7) -> 'App error'\n"
+        b"Src IP: 203.0.113.250\n"
+    )
+    (p,) = parse_ossec_text(text)
+    assert isinstance(p.item, Alert)
+    assert p.item.srcip is None and p.item.full_log == "Src IP: 203.0.113.250"
+
+
 def test_wazuh_alerts_log_block() -> None:
     """Wazuh 4 still writes alerts.log in the OSSEC layout, with 'any' for an unknown address
     and decoded fields after the log line."""
@@ -197,9 +211,46 @@ def test_nesting_msgspec_would_follow_is_refused_at_a_raised_recursion_limit() -
             parse_wazuh_line(line)
         with pytest.raises(MalformedAlert, match="nested too deeply"):
             parse_wazuh_line(_GOOD + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 1 << 20)
-        assert parse_wazuh_line(_GOOD + b', "x": ' + b"[" * 900 + b"]" * 900 + b"}").srcip
+        with pytest.raises(MalformedAlert, match="nested deeper than 64 levels"):
+            parse_wazuh_line(_GOOD + b', "x": ' + b"[" * 900 + b"]" * 900 + b"}")
     finally:
         sys.setrecursionlimit(old)
+
+
+def test_an_alert_nested_deeper_than_what_is_logged_is_refused_at_intake() -> None:
+    """Every record of an execution re-encodes the alert; one nested past the encoder (orjson:
+    255 levels) once left its intent half-done and the address never contained."""
+    from dfir_ar import codec
+    from dfir_ar.parsers import MAX_DEPTH, parse_json_alert
+
+    deepest = _GOOD + b', "x": ' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b"}"
+    alert = parse_wazuh_line(deepest)
+    assert codec.loads(codec.dumpb(alert.raw.decoded())) == codec.loads(deepest)  # type: ignore[attr-defined]
+    for line in (
+        _GOOD + b', "x": ' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}",
+        _GOOD + b', "x": ' + b'{"a":' * 300 + b"1" + b"}" * 300 + b"}",
+    ):
+        for parse in (parse_wazuh_line, parse_json_alert):
+            with pytest.raises(MalformedAlert, match=f"nested deeper than {MAX_DEPTH} levels"):
+                parse(line)
+    # Brackets inside strings are not nesting.
+    assert parse_wazuh_line(_GOOD + b', "full_log": "' + b"[" * 500 + b'"}').srcip
+
+
+@pytest.mark.parametrize("value", [r'"a\nb"', r'"1700000000.1\r\nX-Injected: yes"', r'"\u00e9t\u00e9"',
+                                   '"-rf"', '""', '"' + "9" * 129 + '"', "12", "[]"])
+def test_an_alert_id_that_is_not_a_plain_token_is_refused(value: str) -> None:
+    from dfir_ar.parsers import parse_json_alert, parse_plain_json
+
+    line = _GOOD + b', "id": ' + value.encode() + b"}"
+    with pytest.raises(MalformedAlert, match=r"is not an alert id|expected a string"):
+        parse_wazuh_line(line)
+    plain = b'{"rule_id": 5712, "level": 10, "srcip": "203.0.113.5", "id": ' + value.encode() + b"}"
+    with pytest.raises(MalformedAlert, match="is not an alert id"):
+        parse_plain_json(plain)
+    with pytest.raises(MalformedAlert):
+        parse_json_alert(plain)
+    assert parse_wazuh_line(_GOOD + b', "id": "1795334410.12345"}').id == "1795334410.12345"
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,24 @@ def test_locations() -> None:
     assert bad.order is None and "not a valid agent id" in (bad.refused or "")
 
 
+def test_an_ossec_alert_acts_locally_only_on_the_agent_it_names() -> None:
+    """alerts.log names the agent, not its id: a failed login on web01 must not disable the
+    account or block the address on this host unless this host is web01."""
+    from dfir_ar.pipeline import not_here
+
+    p = Pipeline(make_config(active_response=[
+        {"command": "block", "rules_id": [5712], "location": "local"},
+    ]), [])
+    [decision] = p.decide(brute(agent_id="", agent_name="web01"), NOW)
+    assert decision.order is not None
+    assert not_here(decision.order, "000", "web01") is None
+    reason = not_here(decision.order, "000", "manager")
+    assert reason is not None and "'web01'" in reason and "global.agent_name" in reason
+    assert not_here(decision.order, "000", "") is not None  # no name here: never a match
+    [manager] = p.decide(brute(agent_id="000", agent_name="manager"), NOW)
+    assert manager.order is not None and not_here(manager.order, "000", "other") is None
+
+
 def test_timeout_dropped_when_command_does_not_allow_it() -> None:
     cfg = make_config(active_response=[{"command": "snapshot", "rules_id": [5712], "timeout": 60}])
     (d,) = Pipeline(cfg, []).decide(brute(), NOW)

@@ -21,6 +21,7 @@ log_dir = "{d}/log"
 active_response_dir = "{d}/ar"
 white_list = ["198.51.100.10"]
 agent_id = "{agent}"  # the host the sample alerts come from (location local runs only there)
+agent_name = "web01"  # its name (OSSEC alerts.log names the agent, not its id)
 
 [[command]]
 name = "block"
