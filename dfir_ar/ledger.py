@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from dfir_ar import codec
 from dfir_ar.alert import Alert
 from dfir_ar.errors import RefusedInput, StateError
+from dfir_ar.evidence.private import make_private_dirs
 from dfir_ar.ids import is_id
 from dfir_ar.responder import Request, State, Target
 from dfir_ar.validate import parse_ip, parse_username
@@ -564,6 +565,19 @@ class Ledger(_Reader):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
+        # The ledger stores alert fields: the file and the -wal/-shm sqlite creates beside it
+        # are made 0600 at creation (sqlite gives no mode argument, so the umask does it).
+        old_umask = os.umask(0o077)
+        try:
+            self._open(path)
+        finally:
+            os.umask(old_umask)
+        for suffix in ("", "-wal", "-shm"):  # files an older version created with the umask's
+            with contextlib.suppress(OSError):
+                os.chmod(f"{path}{suffix}", 0o600)
+        self._checkpointer = _Checkpointer(path)
+
+    def _open(self, path: Path) -> None:
         try:
             self._conn = sqlite3.connect(
                 str(path), timeout=10.0, isolation_level=None, check_same_thread=False
@@ -591,15 +605,12 @@ class Ledger(_Reader):
                 )
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{path}: cannot open the ledger: {exc}") from None
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o600)
-        self._checkpointer = _Checkpointer(path)
 
     @classmethod
     def open(cls, state_dir: Path) -> Ledger:
         """Open (creating ``state_dir`` with mode 0700) the ledger of this host."""
         try:
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(state_dir)
         except OSError as exc:
             raise StateError(f"state_dir {state_dir}: cannot create: {exc.strerror}") from None
         return cls(state_dir / LEDGER_FILE)
@@ -900,7 +911,7 @@ class StateLock:
         import fcntl
 
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StateError(f"{self.path}: cannot open the state lock: {exc.strerror}") from None

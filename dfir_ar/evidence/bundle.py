@@ -55,6 +55,7 @@ from dfir_ar.evidence.manifest import (
     tool_versions,
     utc_now,
 )
+from dfir_ar.evidence.private import make_private_dirs, open_private
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -228,8 +229,9 @@ class BundleWriter:
         self._sealed = False
         self.staging_dir = spool_dir / "staging" / self.bundle_id
         self.ready_dir = spool_dir / "ready"
-        self.staging_dir.mkdir(parents=True, exist_ok=False)
-        self.ready_dir.mkdir(parents=True, exist_ok=True)
+        # Evidence is for root only, whatever the umask (memory dumps hold keys and passwords).
+        make_private_dirs(self.staging_dir, exist_ok=False)
+        make_private_dirs(self.ready_dir)
         # Held for the writer's life: recover_staging skips a staging dir that is still in use.
         self._lock_fd = os.open(self.staging_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -289,8 +291,8 @@ class BundleWriter:
             current.paths.add(rel)
             inner = f"{ARTIFACTS_DIR}/{current.name}/{rel}"
             target = self.staging_dir / inner
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(target, "xb", buffering=0)  # noqa: SIM115 - closed in _close
+            make_private_dirs(target.parent)
+            fh = open_private(target, exclusive=True, buffering=0)  # closed in _close
             art = _ArtifactFile(self, inner, media_type, fh)
             self._open.append(art)
         try:
@@ -472,7 +474,7 @@ def _default(obj: object) -> Any:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with open_private(tmp) as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
@@ -529,7 +531,7 @@ def _publish(
     mtime = int(manifest.created.timestamp())
     # Phase 2: stream the tar through zstd into a temp file, then rename.
     try:
-        with open(tmp, "wb") as raw:
+        with open_private(tmp) as raw:
             hashing = _HashingRaw(raw)
             with (
                 new_compressor().stream_writer(hashing, closefd=False) as zw,
@@ -649,7 +651,7 @@ def recover_spool(
                 tmp.unlink()
     if not staging_root.is_dir():
         return results
-    ready.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(ready)
     for staging in sorted(staging_root.iterdir()):
         if not staging.is_dir():
             continue

@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 
 from dfir_ar.config.models import EvidenceConfig
 from dfir_ar.errors import StoreError, UsageError
+from dfir_ar.evidence.private import open_private
 from dfir_ar.evidence.stores.base import (
     HEALTHCHECK_DIR,
     NO_PROGRESS,
@@ -218,8 +219,8 @@ class ResumeLog:
     def start(self, header: _ResumeHeader) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            with tmp.open("w", encoding="utf-8") as fh:
-                fh.write(json.dumps({"t": "upload", **asdict(header)}) + "\n")
+            with open_private(tmp) as fh:
+                fh.write((json.dumps({"t": "upload", **asdict(header)}) + "\n").encode())
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
@@ -232,7 +233,9 @@ class ResumeLog:
             if self._broken:
                 return
             try:
-                with self.path.open("a", encoding="utf-8") as fh:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                             0o600)
+                with os.fdopen(fd, "a", encoding="utf-8") as fh:
                     fh.write(line)
                     fh.flush()
                     os.fsync(fh.fileno())
