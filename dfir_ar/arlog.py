@@ -6,13 +6,21 @@ and raises rules 650-658 from it (651/652: firewall-drop add/delete):
 input JSON, ``Ended`` or ``Aborted``. Neither OSSEC nor Wazuh records whether the action worked, so
 ``audit.jsonl`` beside it gets one JSON record per execution with the outcome, exit status and
 duration. Attacker-controlled text only ever enters these files inside JSON output
-(dfir_ar.codec), so it cannot forge a line (every line break is escaped).
+(dfir_ar.codec) or through ``ActiveResponseLog.encode``, which escapes every character that is
+not printable (a script's stderr in an ``Error:`` message), so it cannot forge a line.
+
+The files are opened without following a symbolic link and must be regular files with one
+link: Wazuh's logs directory belongs to the wazuh account, and root (wazuh-ar, serve) appending
+through a link planted there would write attacker text into any file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -24,6 +32,8 @@ import msgspec
 from dfir_ar import codec
 from dfir_ar.errors import StateError
 
+log = logging.getLogger(__name__)
+
 AR_LOG = "active-responses.log"
 AUDIT_LOG = "audit.jsonl"
 
@@ -31,9 +41,39 @@ AUDIT_LOG = "audit.jsonl"
 def _open_append(path: Path) -> int:
     try:
         path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        # O_NONBLOCK: a FIFO planted there would block the open until a reader comes (for
+        # ever); with it the open fails (ENXIO) or returns, and the type check below refuses.
+        fd = os.open(
+            path,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+            0o640,
+        )
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(f"{path} is a symbolic link; refusing to write through it "
+                             "(remove it: dfir-ar creates the log itself)") from None
+        if exc.errno == errno.ENXIO:
+            raise StateError(f"{path} is not a regular file (a FIFO); refusing to write to it "
+                             "(remove it: dfir-ar creates the log itself)") from None
         raise StateError(f"{path}: cannot open for append: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else "a hard link"
+        raise StateError(f"{path} is {what}; refusing to write to it (remove it: dfir-ar "
+                         "creates the log itself)")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _one_line(message: str) -> str:
+    """``message`` with every character that is not printable (line breaks, escapes, U+2028...)
+    written as its Python escape, so free text cannot end a log line or start another."""
+    if message.isprintable():
+        return message
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message
+    )
 
 
 class _AppendFile:
@@ -85,7 +125,12 @@ class _AppendFile:
             except FileNotFoundError:
                 moved = True
             if moved:
-                fd = _open_append(self.path)
+                try:
+                    fd = _open_append(self.path)
+                except StateError as exc:
+                    # Keep writing to the file already open (nothing is lost) and say why.
+                    log.error("%s; still writing to the file open before", exc)
+                    return
                 self._retired.append((self._fd, now))
                 self._fd, self._ident = fd, self._fd_ident(fd)
 
@@ -144,7 +189,8 @@ class ActiveResponseLog:
     def encode(now: float, executable: str, *messages: str) -> bytes:
         """The lines ``write`` appends, for callers that gather a batch into one write."""
         return ActiveResponseLog.encode_lines(
-            now, executable, tuple(m.encode("utf-8", "backslashreplace") for m in messages)
+            now, executable,
+            tuple(_one_line(m).encode("utf-8", "backslashreplace") for m in messages),
         )
 
     def write(self, now: float, executable: str, *messages: str) -> None:
