@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -145,6 +146,7 @@ def test_listen_and_token_validation(tmp_path: Path) -> None:
         read_token("short", None)
     f = tmp_path / "token"
     f.write_text(TOKEN + "\n")
+    f.chmod(0o600)
     assert read_token(None, f) == TOKEN
     with pytest.raises(ConfigError, match="cannot read"):
         read_token(None, tmp_path / "missing")
@@ -162,6 +164,17 @@ def test_ipv6_loopback_and_port_in_use(run_source: Callable[..., Running]) -> No
     assert isinstance(r.error, TransportError) and "cannot listen" in str(r.error)
 
 
+def _held_in_body(source: HttpSource) -> socket.socket:
+    """An authenticated connection that announced a body and never sends it: a slot in use."""
+    assert source.address is not None
+    s = socket.create_connection(source.address, timeout=5)
+    s.sendall(
+        b"POST /alerts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+        + b"\r\nContent-Length: 100\r\n\r\n"
+    )
+    return s
+
+
 def test_connection_cap_answers_503_instead_of_piling_up_threads(
     run_source: Callable[..., Running],
 ) -> None:
@@ -169,16 +182,17 @@ def test_connection_cap_answers_503_instead_of_piling_up_threads(
     rec = Recorder()
     run_source(source, rec)
     assert source.address is not None
-    idle = [socket.create_connection(source.address, timeout=5) for _ in range(2)]
+    held = [_held_in_body(source) for _ in range(2)]
+    time.sleep(0.3)  # both past their head: authenticated, nothing left to evict
     try:
         with socket.create_connection(source.address, timeout=5) as third:
             reply = third.recv(4096)
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503") and json.loads(body)["error"]
     finally:
-        for s in idle:
+        for s in held:
             s.close()
-    # The idle connections are gone: a request gets a thread again. Until their threads have
+    # The held connections are gone: a request gets a thread again. Until their threads have
     # noticed, a retry may still meet the 503 (or the reset of a refused connection).
     status = 0
     for _ in range(200):
@@ -190,3 +204,104 @@ def test_connection_cap_answers_503_instead_of_piling_up_threads(
             break
         time.sleep(0.01)
     assert status == 202 and source.counters["busy"] >= 1  # retries may meet 503 too
+
+
+def test_slow_unauthenticated_clients_cannot_hold_the_intake(
+    run_source: Callable[..., Running],
+) -> None:
+    """64 clients dripping one header byte at a time (slowloris) fill every slot; a legitimate
+    POST still gets in at once (the oldest unfinished head is evicted), and the drippers are
+    closed at the head deadline although each recv is well within request_timeout."""
+    source = HttpSource("http:slow", "127.0.0.1:0", TOKEN, request_timeout=10.0, header_timeout=3.0)
+    rec = Recorder()
+    run_source(source, rec)
+    assert source.address is not None
+    slow = []
+    for _ in range(64):
+        s = socket.create_connection(source.address, timeout=5)
+        s.sendall(b"POST /alerts HTTP/1.1\r\nX-Slow: ")
+        slow.append(s)
+    try:
+        time.sleep(1.0)
+        for s in slow:
+            s.sendall(b"a")
+        assert post(source, wazuh_line(n=1))[0] == 202
+        closed = 0
+        end = time.monotonic() + 6
+        while time.monotonic() < end and closed < len(slow):
+            closed = 0
+            for s in slow:
+                try:
+                    s.sendall(b"a")
+                    s.settimeout(0.01)
+                    if s.recv(4096) == b"":
+                        closed += 1
+                except (TimeoutError, BlockingIOError):
+                    pass
+                except OSError:
+                    closed += 1
+            time.sleep(0.2)
+        assert closed == len(slow)
+        assert post(source, wazuh_line(n=2))[0] == 202
+    finally:
+        for s in slow:
+            s.close()
+    assert len(rec.alerts) == 2
+    assert source.counters.get("evicted", 0) >= 1 and source.counters.get("head_timeout", 0) >= 1
+
+
+def _answer_then_eof(source: HttpSource, request: bytes) -> bytes:
+    assert source.address is not None
+    with socket.create_connection(source.address, timeout=5) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /alerts HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"POST /alerts HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+def test_unauthenticated_connection_is_closed_after_one_answer(
+    server: tuple[HttpSource, Recorder], request_bytes: bytes,
+) -> None:
+    source, _ = server
+    # recv returns b"" (EOF) after the answer: no keep-alive for a client without the token.
+    reply = _answer_then_eof(source, request_bytes)
+    assert reply.split(b" ", 2)[1] in (b"401", b"404", b"405")
+
+
+def test_request_head_is_capped_before_authentication(server: tuple[HttpSource, Recorder]) -> None:
+    source, rec = server
+    padding = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 900) for i in range(10))
+    reply = _answer_then_eof(source, b"POST /alerts HTTP/1.1\r\nHost: x\r\n" + padding + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 431")
+    long_line = b"POST /alerts?" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n"
+    assert _answer_then_eof(source, long_line).startswith(b"HTTP/1.1 414")
+    assert rec.items == []
+
+
+def test_token_file_must_be_private_and_owned_by_root(tmp_path: Path) -> None:
+    f = tmp_path / "token"
+    f.write_text(TOKEN + "\n")
+    f.chmod(0o600)
+    assert read_token(None, f) == TOKEN
+    for mode in (0o640, 0o604, 0o644):
+        f.chmod(mode)
+        with pytest.raises(ConfigError, match="chmod 0600"):
+            read_token(None, f)
+    f.chmod(0o600)
+    os.chown(f, 65534, 65534)
+    with pytest.raises(ConfigError, match="owned by"):
+        read_token(None, f)
+    os.chown(f, 0, 0)
+    link = tmp_path / "link"
+    link.symlink_to(f)
+    with pytest.raises(ConfigError, match=r"symlink|cannot read"):
+        read_token(None, link)
