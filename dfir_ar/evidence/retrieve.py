@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import logging
+import os
 import shutil
 import tarfile
 import tempfile
@@ -44,7 +47,11 @@ from dfir_ar.evidence.stores.base import (
 )
 from dfir_ar.ids import id_time
 
+log = logging.getLogger("dfir_ar.evidence.retrieve")
+
 _STATUS_ORDER = {"ok": 0, "partial": 1, "failed": 2}
+DEFAULT_MAX_EXTRACT = 4096 * 1024 * 1024
+"""`bundles get` extracts at most this many artifact bytes (evidence.max_bundle_mb's default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +76,52 @@ class BundleEntry:
     archive_bytes: int | None = None
     """Size of the .tar.zst object when the listing saw it; None: not in the store (or not
     looked up)."""
+    problem: str = ""
+    """Why this manifest object could not be read (a problem row of `bundles list`); "" if fine."""
 
     @classmethod
     def from_manifest(cls, data: bytes, prefix: str, fallback_id: str = "") -> BundleEntry:
+        """The entry a manifest describes; StoreError (never another exception) when it is not
+        a manifest: the manifest object is written by the agent, so it is hostile input."""
+        try:
+            return cls._from_manifest(data, prefix, fallback_id)
+        except (EvidenceError, RefusedInput) as exc:
+            raise StoreError(str(exc)) from None
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            raise StoreError(f"unreadable manifest ({exc})") from None
+
+    @classmethod
+    def found_at(cls, data: bytes, prefix: str, key: str) -> BundleEntry:
+        """The entry of the manifest object at ``key``, which must be where the uploader puts a
+        manifest with this agent id, time and bundle id: an agent writes only under its own
+        prefix, so a manifest that names another agent (or place) is refused."""
+        entry = cls.from_manifest(data, prefix, _id_from_key(key))
+        if entry.manifest_key != key:
+            raise StoreError(
+                f"manifest says agent {entry.agent_id}, bundle {entry.bundle_id}, which belongs "
+                f"at {entry.manifest_key}, not where it was found"
+            )
+        return entry
+
+    @classmethod
+    def unreadable(cls, key: str, prefix: str, problem: str) -> BundleEntry:
+        """A problem row for a manifest object that cannot be read: named by its key."""
+        rel = key[len(prefix) + 1:] if prefix and key.startswith(prefix + "/") else key
+        agent_id = rel.split("/", 1)[0]
+        bundle_id = _id_from_key(key)
+        try:
+            created = datetime.fromtimestamp(id_time(bundle_id), UTC)
+        except (ValueError, OverflowError, OSError):
+            created = datetime.fromtimestamp(0, UTC)
+        return cls(
+            bundle_id=bundle_id, agent_id=agent_id, hostname="", created=created, rule_id="",
+            alert_id="", srcip="", status="unreadable", collectors=(), artifacts=0,
+            artifact_bytes=0, signed=False, manifest_key=key,
+            bundle_key=key.removesuffix(MANIFEST_SUFFIX) + BUNDLE_SUFFIX, problem=problem,
+        )
+
+    @classmethod
+    def _from_manifest(cls, data: bytes, prefix: str, fallback_id: str) -> BundleEntry:
         facts = ManifestFacts.from_json(data, fallback_id=fallback_id)
         raw = facts.raw
         trigger = _dict(raw.get("trigger"))
@@ -114,6 +164,7 @@ class BundleEntry:
             "archive_bytes": self.archive_bytes,
             "bundle_key": self.bundle_key,
             "manifest_key": self.manifest_key,
+            "problem": self.problem or None,
         }
 
 
@@ -130,6 +181,9 @@ class Filter:
     until: datetime | None = None
 
     def keeps(self, entry: BundleEntry) -> bool:
+        if entry.problem:
+            # Rule and alert are unknown: shown, since it may be the bundle looked for.
+            return not (self.since is not None and entry.created < self.since)
         if self.rule is not None and entry.rule_id != self.rule:
             return False
         if self.alert is not None and entry.alert_id != self.alert:
@@ -188,8 +242,10 @@ def _walk_days(store: EvidenceStore, agent_root: str, low: date, high: date) -> 
 def list_bundles(store: EvidenceStore, flt: Filter, *, workers: int = 8) -> list[BundleEntry]:
     """Bundles matching ``flt``, oldest first, read from the manifest objects only.
 
-    A manifest that cannot be parsed is reported as an error naming its key, not skipped in
-    silence (it may be the one the responder is looking for).
+    A manifest that cannot be parsed, or that names another agent than the prefix it is under,
+    is a problem row (status ``unreadable``, ``problem`` says why) and a warning naming its
+    key: not skipped in silence (it may be the one the responder is looking for), and not
+    fatal (one agent must not be able to break the listing of every other).
     """
     root = _root(store)
     agents = _agents(store, flt.agent)
@@ -207,11 +263,10 @@ def list_bundles(store: EvidenceStore, flt: Filter, *, workers: int = 8) -> list
     def read(key: str) -> BundleEntry:
         data = store.read_small(key)
         try:
-            return BundleEntry.from_manifest(data, store.prefix, _id_from_key(key))
-        except (EvidenceError, RefusedInput) as exc:
-            raise StoreError(f"{store.describe(key)}: {exc}") from None
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise StoreError(f"{store.describe(key)}: unreadable manifest ({exc})") from None
+            return BundleEntry.found_at(data, store.prefix, key)
+        except StoreError as exc:
+            log.warning("%s: %s", store.describe(key), exc)
+            return BundleEntry.unreadable(key, store.prefix, str(exc))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         entries = [
@@ -236,19 +291,26 @@ def find_bundle(store: EvidenceStore, bundle_id: str, *, agent: str | None = Non
         for day in days:
             key = manifest_key(store.prefix, agent_id, day, bundle_id)
             if store.head(key) is not None:
-                return BundleEntry.from_manifest(store.read_small(key), store.prefix, bundle_id)
+                return _found(store, key)
     # Not on the days its id points at (the agent's clock was off when it sealed, or the
     # manifest's creation time was set otherwise): one full listing per agent finds it anyway.
     wanted = f"/{bundle_id}{MANIFEST_SUFFIX}"
     for agent_id in agents:
         for obj in store.list_keys(f"{root}{agent_id}/"):
             if obj.key.endswith(wanted):
-                return BundleEntry.from_manifest(store.read_small(obj.key), store.prefix, bundle_id)
+                return _found(store, obj.key)
     where = f"agent {agent}" if agent else f"{len(agents)} agent(s)"
     raise StoreError(
         f"bundle {bundle_id} is not in {store.url} (looked under {where}); "
         "`dfir-ar bundles list` shows what is there"
     )
+
+
+def _found(store: EvidenceStore, key: str) -> BundleEntry:
+    try:
+        return BundleEntry.found_at(store.read_small(key), store.prefix, key)
+    except StoreError as exc:
+        raise StoreError(f"{store.describe(key)}: {exc}") from None
 
 
 def _disk_error(action: str, where: Path, exc: OSError) -> EvidenceError:
@@ -313,10 +375,16 @@ def fetch_and_verify(
     extract: bool = True,
     agent: str | None = None,
     progress_factory: Callable[[int], Progress] | None = None,
+    max_extract: int = DEFAULT_MAX_EXTRACT,
 ) -> Fetched:
     """``bundles get``: download to a temporary name, check size and SHA-256, verify every hash
     and the signature, then (only then) move the archive to ``out_dir/<id>.tar.zst`` and extract
-    into ``out_dir/<id>/``. On any failure nothing is left that looks like a good bundle."""
+    into ``out_dir/<id>/``. On any failure nothing is left that looks like a good bundle.
+
+    The signed manifest must name the agent whose prefix the bundle was found under, and the
+    returned entry is built from that verified manifest (the manifest object beside the bundle
+    is not signed). Nothing is extracted when the artifacts add up to more than
+    ``max_extract`` bytes or more than the free space in ``out_dir``."""
     from dfir_ar.evidence.verify import verify_bundle
 
     entry = find_bundle(store, bundle_id, agent=agent)
@@ -337,27 +405,73 @@ def fetch_and_verify(
         _, problems = download_bundle(store, entry, tmp, progress=progress)
         report = verify_bundle(tmp, public_key, allow_unsigned=allow_unsigned)
         problems.extend(report.problems)
-        if report.manifest is not None and report.manifest.bundle_id != entry.bundle_id:
-            problems.append(
-                f"the archive holds bundle {report.manifest.bundle_id}, not {entry.bundle_id}"
-            )
-        if problems:
+        manifest = report.manifest
+        if manifest is not None:
+            problems.extend(_binding_problems(entry, manifest.bundle_id, manifest.agent.id))
+        if problems or manifest is None:
             raise VerificationFailed(
                 f"bundle {entry.bundle_id} from {store.describe(entry.bundle_key)} FAILED "
                 "verification; nothing was extracted:\n  - " + "\n  - ".join(problems)
             )
+        verified = replace(
+            BundleEntry.from_manifest(manifest.canonical_bytes(), store.prefix),
+            manifest_key=entry.manifest_key, bundle_key=entry.bundle_key,
+            archive_bytes=entry.archive_bytes,
+        )
         extracted: Path | None = None
         if extract:
+            _check_room(manifest.artifacts, out_dir, max_extract, entry.bundle_id)
             target = work / "extract"
-            _extract(tmp, target)
+            try:
+                _extract(tmp, target)
+            except (tarfile.TarError, ValueError, EOFError) as exc:
+                raise VerificationFailed(
+                    f"bundle {entry.bundle_id}: extraction refused ({exc}); nothing was "
+                    "extracted"
+                ) from None
             target.rename(final_dir)
             extracted = final_dir
         tmp.rename(final_archive)
-        return Fetched(entry, final_archive, extracted, report)
+        return Fetched(verified, final_archive, extracted, report)
     except OSError as exc:
         raise _disk_error("write the bundle", out_dir, exc) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _binding_problems(entry: BundleEntry, bundle_id: str, agent_id: str) -> list[str]:
+    """What ties the signed manifest to where the bundle was found: its id, and its agent (the
+    prefix, which per-agent store policies let only that agent write)."""
+    problems = []
+    if bundle_id != entry.bundle_id:
+        problems.append(f"the archive holds bundle {bundle_id}, not {entry.bundle_id}")
+    if agent_id != entry.agent_id:
+        problems.append(
+            f"the signed manifest says agent {agent_id!r}, but the bundle was found under agent "
+            f"{entry.agent_id}'s prefix (published by another agent?)"
+        )
+    return problems
+
+
+def _check_room(artifacts: Any, out_dir: Path, limit: int, bundle_id: str) -> None:
+    """Refuse to extract more than ``limit`` bytes, or more than the free space in ``out_dir``:
+    a small archive can expand to gigabytes (verification checked the sizes, not their sum)."""
+    total = sum(int(a.size) for a in artifacts)
+    if total > limit:
+        raise VerificationFailed(
+            f"bundle {bundle_id}: its artifacts add up to {total} bytes, over the extraction "
+            f"limit of {limit} bytes; nothing was extracted (--no-extract keeps the archive)"
+        )
+    try:
+        st = os.statvfs(out_dir)
+    except OSError as exc:
+        raise _disk_error("check the free space", out_dir, exc) from None
+    free = st.f_bavail * st.f_frsize
+    if total > free:
+        raise EvidenceError(
+            f"bundle {bundle_id}: its artifacts need {total} bytes but {out_dir} has {free} "
+            "free; nothing was extracted; free space or pass -o DIR on another disk"
+        )
 
 
 def _extract(archive: Path, target: Path) -> None:
@@ -388,7 +502,40 @@ def fetch_for_verify(
     info = store.head(entry.bundle_key)
     progress = progress_factory(info.size if info else 0) if progress_factory else NO_PROGRESS
     _, problems = download_bundle(store, entry, dest, progress=progress)
+    # The manifest verify_bundle will check (and the signature covers) is the archive's first
+    # member; it must name the agent whose prefix the bundle is under.
+    inner = _peek_manifest(dest)
+    if inner is not None:
+        agent = inner.get("agent")
+        problems.extend(_binding_problems(
+            entry, str(inner.get("bundle_id")),
+            str(agent.get("id")) if isinstance(agent, dict) else "",
+        ))
     return dest, problems
+
+
+def _peek_manifest(archive: Path) -> dict[str, Any] | None:
+    """The archive's first member parsed as JSON, or None when it cannot be read (then
+    verify_bundle reports why). Bounded: it reads one member of at most MAX_MANIFEST bytes."""
+    import zstandard
+
+    from dfir_ar.evidence.bundle import MANIFEST_NAME
+    from dfir_ar.evidence.verify import MAX_MANIFEST
+
+    try:
+        with archive.open("rb") as fh:
+            reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=False)
+            with contextlib.closing(reader), tarfile.open(fileobj=reader, mode="r|") as tar:
+                member = tar.next()
+                if member is None or member.name != MANIFEST_NAME or not member.isreg():
+                    return None
+                if member.size > MAX_MANIFEST:
+                    return None
+                data = tar.extractfile(member)
+                raw = json.loads(data.read()) if data is not None else None
+    except (OSError, ValueError, EOFError, tarfile.TarError, zstandard.ZstdError):
+        return None
+    return raw if isinstance(raw, dict) else None
 
 
 def presign_bundle(

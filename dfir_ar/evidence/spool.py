@@ -15,6 +15,8 @@ Spool layout::
     <spool_dir>/ready/<id>.tar.zst.sha256   its SHA-256 and size, hashed by the seal as it wrote
     <spool_dir>/ready/<id>.manifest.json    its manifest, written last: the "ready" mark
     <spool_dir>/ready/<id>.upload.jsonl     multipart resume log while an upload is under way
+    <spool_dir>/ready/<id>.upload-failures  how many drains the store refused it (quarantined at
+                                            QUARANTINE_AFTER, once the store took something else)
     <spool_dir>/quarantine/                 what could not be uploaded as is, kept for a human
 """
 
@@ -38,6 +40,7 @@ from dfir_ar.clock import Clock, SystemClock
 from dfir_ar.config.models import Config
 from dfir_ar.errors import DfirArError, StateError, StoreError
 from dfir_ar.evidence.bundle import DIGEST_SUFFIX
+from dfir_ar.evidence.private import make_private_dirs, open_private
 from dfir_ar.evidence.stores.base import (
     BUNDLE_SUFFIX,
     MANIFEST_SUFFIX,
@@ -57,6 +60,11 @@ from dfir_ar.ids import id_time, is_id
 log = logging.getLogger("dfir_ar.evidence.spool")
 
 RESUME_SUFFIX = ".upload.jsonl"
+FAILURES_SUFFIX = ".upload-failures"
+"""``<id>.upload-failures`` in ready/: how many drains the store refused this bundle (a number)."""
+QUARANTINE_AFTER = 5
+"""Refusals (a StoreError that is not StoreUnavailable) after which a bundle is moved to
+quarantine/ instead of being retried forever, holding the uploader in back-off."""
 SPOOL_FULL_MARK = "DFIR-AR SPOOL FULL"
 """A fixed phrase in the log line, for a SIEM rule to match."""
 
@@ -118,13 +126,17 @@ def _text(value: Any) -> str:
 def parse_time(value: Any) -> datetime | None:
     """An ISO-8601 text or epoch seconds, as an aware UTC datetime (naive input is UTC)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(float(value), UTC)
+        # 1e300, NaN or a year past 9999 come from a hostile manifest: no time, not a crash.
+        try:
+            return datetime.fromtimestamp(float(value), UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
     if isinstance(value, str) and value:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        except (ValueError, OverflowError):
             return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return None
 
 
@@ -179,6 +191,10 @@ class SpoolEntry:
         return self.bundle.with_name(self.bundle_id + RESUME_SUFFIX)
 
     @property
+    def failures(self) -> Path:
+        return self.bundle.with_name(self.bundle_id + FAILURES_SUFFIX)
+
+    @property
     def digest(self) -> Path:
         """The archive's SHA-256 and size as the seal hashed them (see bundle.DIGEST_SUFFIX)."""
         return self.bundle.with_name(self.bundle.name + DIGEST_SUFFIX)
@@ -220,6 +236,8 @@ class Uploader:
         self._wake = threading.Event()
         self._hashes: dict[tuple[str, int, int], str] = {}
         self._last_quota_log = -1e18
+        self._store_took = False
+        """The store accepted a write from this uploader (a bundle, or check_store's probe)."""
 
     # -- the seam ---------------------------------------------------------------------------
 
@@ -227,6 +245,7 @@ class Uploader:
         """A small write (and delete, where allowed) under this agent's prefix, so bad
         credentials or a missing bucket are reported at start, before the first collection."""
         self.store.check(check_agent_id(self.config.global_.agent_id))
+        self._store_took = True
 
     def notify(self) -> None:
         """Wake ``run()`` now (a collection just sealed a bundle)."""
@@ -269,6 +288,7 @@ class Uploader:
                 return 0
             count = 0
             errors: list[StoreError] = []
+            refused: list[tuple[SpoolEntry, StoreError]] = []
             for entry in self.pending():
                 try:
                     if self._upload(entry):
@@ -278,6 +298,15 @@ class Uploader:
                     log.error("bundle %s stays in the spool: %s", entry.bundle_id, exc)
                     if isinstance(exc, StoreUnavailable):
                         break  # the store is down: the rest would fail the same way
+                    refused.append((entry, exc))
+            if count:
+                self._store_took = True
+            # Counted only once the store took something else: bad credentials or a missing
+            # bucket refuse every bundle alike, and must not send all evidence to quarantine.
+            if refused and self._store_took:
+                for entry, refusal in refused:
+                    if self._count_refusal(entry, refusal):
+                        errors.remove(refusal)
             self._log_quota()
             if errors:
                 left = len(self.pending())
@@ -319,7 +348,7 @@ class Uploader:
     @contextlib.contextmanager
     def _spool_lock(self) -> Iterator[bool]:
         try:
-            self.config.spool_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.config.spool_dir)
             fd = os.open(self.config.spool_dir / "upload.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StateError(f"cannot open the spool lock in {self.config.spool_dir}: {exc}") from None
@@ -348,9 +377,29 @@ class Uploader:
             self._hashes = {cache_key: digest}  # keep one: the bundle being retried
         return digest
 
+    def _count_refusal(self, entry: SpoolEntry, exc: StoreError) -> bool:
+        """One more refusal of ``entry``; True when this one moved it to quarantine."""
+        try:
+            previous = int(entry.failures.read_text("ascii").strip() or 0)
+        except (OSError, ValueError):
+            previous = 0
+        refusals = previous + 1
+        if refusals >= QUARANTINE_AFTER:
+            self._quarantine(
+                entry, f"the store refused it {refusals} times while taking other bundles "
+                f"(last: {exc})",
+            )
+            return True
+        try:
+            with open_private(entry.failures) as fh:
+                fh.write(f"{refusals}\n".encode())
+        except OSError as err:
+            log.warning("cannot record the refusal of bundle %s: %s", entry.bundle_id, err)
+        return False
+
     def _quarantine(self, entry: SpoolEntry, reason: str) -> None:
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        for path in (entry.bundle, entry.resume, entry.digest, entry.manifest):
+        make_private_dirs(self.quarantine_dir)
+        for path in (entry.bundle, entry.resume, entry.digest, entry.failures, entry.manifest):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, self.quarantine_dir / path.name)
         log.error(
@@ -413,7 +462,7 @@ class Uploader:
         self.store.put_file(entry.manifest, mkey, manifest_meta)
         # Both confirmed: now, and only now, the local copies go (manifest last, so a crash in
         # between leaves a manifest that the branch above finishes).
-        for path in (entry.resume, entry.bundle, entry.digest, entry.manifest):
+        for path in (entry.resume, entry.bundle, entry.digest, entry.failures, entry.manifest):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         seconds = time.monotonic() - start

@@ -182,10 +182,16 @@ def verify_bundle(
     path: Path,
     public_key_path: Path | None = None,
     *,
-    allow_unsigned: bool = False,
+    allow_unsigned: bool | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Verify ``<id>.tar.zst``. With a key, an unsigned bundle fails unless ``allow_unsigned``.
+    """Verify ``<id>.tar.zst``.
+
+    ``allow_unsigned=False`` (what `bundles verify|get` pass unless --allow-unsigned): an
+    unsigned bundle, or one whose signature cannot be checked because no key is given, fails;
+    without a signature check anyone who can write to the store can make a bundle that
+    verifies. ``True`` accepts both. ``None`` (checks of a bundle this host just sealed):
+    integrity only, plus the signature when a key is given.
 
     ``progress`` is called with the number of archive bytes read so far."""
     from dfir_ar.evidence import signing
@@ -205,6 +211,10 @@ def verify_bundle(
             report.problems.append(str(exc))
         except (tarfile.TarError, EOFError) as exc:
             report.problems.append(f"archive is corrupt: tar says {exc}")
+        except ValueError as exc:
+            # A hostile archive (NaN in the manifest, odd tar headers) is a failed check,
+            # never a traceback.
+            report.problems.append(f"archive cannot be verified: {exc}")
     _check_signature(report, manifest_bytes, signature, public_key, allow_unsigned)
     _check_name(report, path)
     report.ok = not report.problems
@@ -275,7 +285,12 @@ def _walk(stream: io.BufferedIOBase, report: VerifyReport) -> tuple[bytes | None
                 # field was added to the schema still verify.
                 if canonical_json(json.loads(manifest_bytes)) != manifest_bytes:
                     report.problems.append("manifest.json is not in canonical form (edited?)")
+                collectors = {c.name for c in report.manifest.collectors}
                 for entry in report.manifest.artifacts:
+                    bad = _bad_artifact_path(entry.path, collectors)
+                    if bad:
+                        report.problems.append(bad)
+                        continue
                     if entry.path in expected:
                         report.problems.append(f"manifest lists {entry.path} twice")
                     expected[entry.path] = entry
@@ -313,6 +328,26 @@ def _walk(stream: io.BufferedIOBase, report: VerifyReport) -> tuple[bytes | None
     return manifest_bytes, signature
 
 
+def _bad_artifact_path(path: str, collectors: set[str]) -> str:
+    """Why a manifest's artifact path is refused, or "" when it is
+    ``artifacts/<collector>/<relpath>`` as BundleWriter writes it. A path is where `bundles get`
+    extracts to, and the manifest may be hostile (signed with a fleet key, or not at all)."""
+    from dfir_ar.errors import InvalidArgument
+    from dfir_ar.evidence.bundle import ARTIFACTS_DIR, validate_relpath
+
+    try:
+        validate_relpath(path)
+    except InvalidArgument as exc:
+        return f"manifest lists an artifact path that is refused: {exc}"
+    parts = path.split("/")
+    if len(parts) < 3 or parts[0] != ARTIFACTS_DIR or parts[1] not in collectors:
+        return (
+            f"manifest lists artifact {path!r} outside {ARTIFACTS_DIR}/<collector>/ "
+            "(of a collector the manifest names)"
+        )
+    return ""
+
+
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     fh = tar.extractfile(member)
     if fh is None:
@@ -340,25 +375,40 @@ def _check_signature(
     manifest_bytes: bytes | None,
     signature: bytes | None,
     public_key: Any,
-    allow_unsigned: bool,
+    allow_unsigned: bool | None,
 ) -> None:
     from dfir_ar.evidence import signing
 
     manifest = report.manifest
     if manifest is not None and manifest.signed and signature is None:
         report.problems.append("manifest says the bundle is signed but manifest.sig is missing")
+    # None: the in-process check of a bundle this host just wrote (integrity; the signature
+    # only when a key is given). A bool: a bundle of unknown origin (the CLI always passes one).
+    required = allow_unsigned is False or (allow_unsigned is None and public_key is not None)
     if signature is None:
         report.signature = "absent"
-        if public_key is not None and not allow_unsigned and manifest_bytes is not None:
+        if required and manifest_bytes is not None:
             report.problems.append(
                 "bundle is unsigned but a verify key was given (use --allow-unsigned to accept)"
+                if public_key is not None else
+                "bundle is unsigned, and no verify key was given: anyone who can write to the "
+                "store could have made it (give --key or evidence.verify_key; "
+                "--allow-unsigned accepts it)"
             )
         return
     if manifest is not None and not manifest.signed:
         report.problems.append("manifest.sig present but the manifest says unsigned")
     if public_key is None:
         report.signature = "not checked"
-        report.notes.append("signature present but not checked: give --key (or evidence.verify_key)")
+        if not required:
+            report.notes.append(
+                "signature present but not checked: give --key (or evidence.verify_key)"
+            )
+        else:
+            report.problems.append(
+                "signature not checked: no verify key was given (give --key or "
+                "evidence.verify_key; --allow-unsigned accepts the bundle unchecked)"
+            )
         return
     if manifest_bytes is None:
         report.signature = "invalid"

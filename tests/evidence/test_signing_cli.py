@@ -117,10 +117,13 @@ def test_bundles_verify_cli_exit_codes_and_json(
     assert code == 7
     assert "FAIL" in out and "failed verification" in err
 
-    code, out, _ = _run(["bundles", "verify", "--json", str(path), str(bad)], capsys)
+    code, out, _ = _run(
+        ["bundles", "verify", "--json", "--allow-unsigned", str(path), str(bad)], capsys
+    )
     assert code == 7
     docs = json.loads(out)
     assert [d["ok"] for d in docs] == [True, False]
+    assert docs[0]["signature"] == "not checked"
     assert docs[0]["manifest"]["bundle_id"] == path.name.split(".")[0]
     assert docs[1]["problems"]
 

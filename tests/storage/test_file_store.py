@@ -69,7 +69,7 @@ def test_upload_list_get_verify(tmp_path: Path) -> None:
     moved.rename(other_file)
 
     case = tmp_path / "case"
-    got = runner.invoke(get_cmd, ["-c", str(cfg_file), new.bundle_id, "-o", str(case)])
+    got = runner.invoke(get_cmd, ["-c", str(cfg_file), "--allow-unsigned", new.bundle_id, "-o", str(case)])
     assert got.exit_code == 0, got.output
     assert "verified" in got.output
     assert (case / f"{new.bundle_id}.tar.zst").is_file()
@@ -90,7 +90,7 @@ def test_tampered_bundle_in_store_is_refused_and_nothing_extracted(tmp_path: Pat
     stored.write_bytes(bytes(data))
     case = tmp_path / "case"
     with pytest.raises(VerificationFailed) as info:
-        fetch_and_verify(open_store(config), bundle.bundle_id, case, public_key=None)
+        fetch_and_verify(open_store(config), bundle.bundle_id, case, public_key=None, allow_unsigned=True)
     assert "nothing was extracted" in str(info.value)
     assert "recorded when it was uploaded" in str(info.value)
     assert list(case.iterdir()) == []
@@ -101,7 +101,8 @@ def test_get_onto_a_full_disk_is_a_clear_error(tmp_path: Path, tiny_disk: TinyDi
     bundle = make_bundle(config.spool_dir, size=6 * 1024 * 1024)
     Uploader(config).drain_once()
     with pytest.raises(EvidenceError, match="no space left") as info:
-        fetch_and_verify(open_store(config), bundle.bundle_id, tiny_disk.path, public_key=None)
+        fetch_and_verify(open_store(config), bundle.bundle_id, tiny_disk.path, public_key=None,
+                         allow_unsigned=True)
     assert "nothing was extracted" in str(info.value)
     assert list(tiny_disk.path.iterdir()) == []
 
@@ -164,7 +165,7 @@ def test_bundles_verify_accepts_an_id_fetched_from_the_store(tmp_path: Path) -> 
     Uploader(config).drain_once()
     cfg = str(write_config_file(tmp_path / "dfir-ar.toml", config))
     runner = CliRunner()
-    ok = runner.invoke(cli, ["bundles", "verify", "-c", cfg, good.bundle_id])
+    ok = runner.invoke(cli, ["bundles", "verify", "--allow-unsigned", "-c", cfg, good.bundle_id])
     assert ok.exit_code == 0, ok.output
     assert f"OK    {good.bundle_id}" in ok.output
     stored = next((tmp_path / "store").rglob(f"{bad.bundle_id}.tar.zst"))
@@ -172,7 +173,8 @@ def test_bundles_verify_accepts_an_id_fetched_from_the_store(tmp_path: Path) -> 
     data = bytearray(stored.read_bytes())
     data[-100] ^= 0xFF
     stored.write_bytes(bytes(data))
-    failed = runner.invoke(cli, ["bundles", "verify", "-c", cfg, "--json", good.bundle_id, bad.bundle_id])
+    failed = runner.invoke(cli, ["bundles", "verify", "--allow-unsigned", "-c", cfg, "--json",
+                                 good.bundle_id, bad.bundle_id])
     assert failed.exit_code != 0
     assert isinstance(failed.exception, VerificationFailed) and failed.exception.exit_code == 7
     reports = json.loads(failed.output[: failed.output.rindex("]") + 1])
@@ -181,7 +183,7 @@ def test_bundles_verify_accepts_an_id_fetched_from_the_store(tmp_path: Path) -> 
     url = runner.invoke(cli, ["bundles", "url", "-c", cfg, good.bundle_id])
     assert isinstance(url.exception, UsageError) and url.exception.exit_code == 2
     assert "file store" in str(url.exception) and good.bundle_id in str(url.exception)
-    nonsense = runner.invoke(cli, ["bundles", "verify", "-c", cfg, "not-an-id-or-file"])
+    nonsense = runner.invoke(cli, ["bundles", "verify", "--allow-unsigned", "-c", cfg, "not-an-id-or-file"])
     assert nonsense.exit_code == 2 and "neither a file nor a bundle id" in nonsense.output
     # list/get/url/push are in the same group
     listed = runner.invoke(cli, ["bundles", "list", "-c", cfg, "--json"])

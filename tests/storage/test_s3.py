@@ -97,7 +97,7 @@ def test_upload_list_get_verify_and_presign(tmp_path: Path, seaweed: Seaweed) ->
     assert [r["bundle_id"] for r in json.loads(since.output)] == [small.bundle_id]
 
     case = tmp_path / "case"
-    got = runner.invoke(get_cmd, ["-c", str(cfg), large.bundle_id, "-o", str(case)])
+    got = runner.invoke(get_cmd, ["-c", str(cfg), "--allow-unsigned", large.bundle_id, "-o", str(case)])
     assert got.exit_code == 0, got.output
     assert _sha256(case / f"{large.bundle_id}.tar.zst") == large_sha
     assert (case / large.bundle_id / "artifacts/test/random.bin").stat().st_size == 12 * MiB
@@ -166,7 +166,7 @@ def test_tampered_in_the_store_fails_get_and_verify(tmp_path: Path, seaweed: Sea
     admin.put_object(Bucket=bucket, Key=entry.bundle_key, Body=bytes(data), Metadata=meta)
     case = tmp_path / "case"
     with pytest.raises(VerificationFailed, match="FAILED verification") as info:
-        fetch_and_verify(open_store(config), bundle.bundle_id, case, public_key=None)
+        fetch_and_verify(open_store(config), bundle.bundle_id, case, public_key=None, allow_unsigned=True)
     assert "nothing was extracted" in str(info.value)
     assert not (case / bundle.bundle_id).exists()
     assert not (case / f"{bundle.bundle_id}.tar.zst").exists()
@@ -243,7 +243,7 @@ def test_truncated_download_is_an_error_and_nothing_is_extracted(
                            endpoint=f"http://127.0.0.1:{cutting_proxy.port}", **sizes)
     case = tmp_path / "case"
     with pytest.raises(StoreError, match=r"truncated|broke off") as info:
-        fetch_and_verify(open_store(via_proxy), bundle.bundle_id, case, public_key=None)
+        fetch_and_verify(open_store(via_proxy), bundle.bundle_id, case, public_key=None, allow_unsigned=True)
     assert "nothing was extracted" in str(info.value)
     assert list(case.iterdir()) == []
 
@@ -272,7 +272,7 @@ def test_agent_identity_is_confined_to_its_prefix(tmp_path: Path, seaweed: Seawe
         a1.get_object(Bucket=BUCKET, Key=theirs_key)
     with pytest.raises(StoreError, match="access denied"):
         fetch_and_verify(open_store(agent1), theirs.bundle_id, tmp_path / "x", public_key=None,
-                         agent="agent2")
+                         allow_unsigned=True, agent="agent2")
 
     # The responder's read-only identity sees both agents.
     reader = _s3_config(tmp_path / "r", seaweed, identity="reader")
@@ -364,5 +364,6 @@ def test_a_compromised_agent_cannot_destroy_its_locked_evidence(tmp_path: Path, 
         Uploader(agent2).check_store()
     # The responder still gets the original, verified.
     reader = _s3_config(tmp_path / "r", seaweed, bucket=LOCKED_BUCKET, identity="reader")
-    fetched = fetch_and_verify(open_store(reader), bundle.bundle_id, tmp_path / "case", public_key=None)
+    fetched = fetch_and_verify(open_store(reader), bundle.bundle_id, tmp_path / "case",
+                               public_key=None, allow_unsigned=True)
     assert fetched.report.ok

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from dfir_ar.config.models import Config, EvidenceConfig
 from dfir_ar.errors import ConfigError, InvalidArgument, StoreError
@@ -103,12 +103,15 @@ class ObjectMeta:
     alert_id: str = ""
 
     def as_dict(self) -> dict[str, str]:
+        """Values as S3 accepts them in user metadata: percent-encoded ASCII, each at most
+        META_VALUE_MAX bytes. The alert and rule ids come from the manifest, i.e. from the
+        alert: a newline or non-ASCII byte there made the upload fail forever."""
         return {
-            "dfir-agent": self.agent_id,
-            "dfir-bundle": self.bundle_id,
-            "dfir-sha256": self.sha256,
-            "dfir-rule": self.rule_id,
-            "dfir-alert": self.alert_id,
+            "dfir-agent": meta_value(self.agent_id),
+            "dfir-bundle": meta_value(self.bundle_id),
+            "dfir-sha256": meta_value(self.sha256),
+            "dfir-rule": meta_value(self.rule_id),
+            "dfir-alert": meta_value(self.alert_id),
         }
 
     @classmethod
@@ -116,12 +119,28 @@ class ObjectMeta:
         if "dfir-sha256" not in data:
             return None
         return cls(
-            agent_id=data.get("dfir-agent", ""),
-            bundle_id=data.get("dfir-bundle", ""),
-            sha256=data["dfir-sha256"],
-            rule_id=data.get("dfir-rule", ""),
-            alert_id=data.get("dfir-alert", ""),
+            agent_id=unquote(data.get("dfir-agent", "")),
+            bundle_id=unquote(data.get("dfir-bundle", "")),
+            sha256=unquote(data["dfir-sha256"]),
+            rule_id=unquote(data.get("dfir-rule", "")),
+            alert_id=unquote(data.get("dfir-alert", "")),
         )
+
+
+META_VALUE_MAX = 256
+"""Bytes per user-metadata value (AWS allows 2 KB for all of them together)."""
+
+
+def meta_value(value: str) -> str:
+    """``value`` percent-encoded (UTF-8; letters, digits and ``-._~`` stay as they are) and cut
+    to META_VALUE_MAX bytes on an escape boundary. Informational only: the manifest object
+    holds the full value."""
+    encoded = quote(value, safe="")
+    if len(encoded) <= META_VALUE_MAX:
+        return encoded
+    cut = encoded[:META_VALUE_MAX]
+    tail = cut.rfind("%", len(cut) - 2)
+    return cut[:tail] if tail != -1 else cut
 
 
 @dataclass(frozen=True, slots=True)
