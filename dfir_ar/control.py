@@ -284,8 +284,8 @@ def _answers(path: Path) -> bool:
 def request(path: Path, message: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
     """Send one request to the running serve and return its response.
 
-    Raises ServeNotRunning when nothing listens (no socket, or a stale one), TransportError on
-    any other failure.
+    Raises ServeNotRunning when nothing listens (no socket, or a stale one), PermissionError when
+    the socket or its directory is closed to this user, TransportError on any other failure.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(5.0)
@@ -297,6 +297,10 @@ def request(path: Path, message: dict[str, Any], timeout: float | None = 30.0) -
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
                 raise ServeNotRunning(f"no dfir-ar serve is listening on {path}") from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                # Not root: the state directory (0700) or the socket (0600) is closed to us,
+                # whether or not a serve listens. The CLI says "run as root" (exit 6).
+                raise PermissionError(exc.errno, exc.strerror, str(path)) from None
             raise TransportError(f"{path}: cannot connect: {exc.strerror or exc}") from None
         sock.settimeout(timeout)
         try:

@@ -1158,10 +1158,12 @@ class Executor:
         with self._cond:
             self._cond.notify_all()
 
-    def _submit_deletes(self, idents: list[Ident], reason: str) -> list[Ticket]:
+    def _submit_deletes(self, idents: list[Ident], reason: str,
+                        operator: str | None = None) -> list[Ticket]:
         """Undo ``idents``, one ticket each (in order). Those of fast in-process commands go in
         chunks, so a burst of 10,000 expiries is a few hundred log writes and ledger commits
-        instead of 10,000 of each; slow ones (scripts) one task each, in parallel."""
+        instead of 10,000 of each; slow ones (scripts) one task each, in parallel.
+        ``operator``: who asked (a release), recorded in the audit records."""
         tickets: dict[Ident, Ticket] = {}
         fast: list[Ident] = []
         for ident in idents:
@@ -1170,10 +1172,11 @@ class Executor:
             if self._delete_in_chunks(ident[0]):
                 fast.append(ident)
             else:
-                tickets[ident] = self._submit_delete(ident, reason)
+                tickets[ident] = self._submit_delete(ident, reason, operator)
         for start in range(0, len(fast), self.FAST_CHUNK):
             chunk = fast[start:start + self.FAST_CHUNK]
-            tickets.update(zip(chunk, self._submit_delete_chunk(chunk, reason), strict=True))
+            tickets.update(zip(chunk, self._submit_delete_chunk(chunk, reason, operator),
+                               strict=True))
         return [tickets[ident] for ident in idents]
 
     def _delete_in_chunks(self, command: str) -> bool:
@@ -1190,12 +1193,12 @@ class Executor:
         share = self._delete_fast.get(command)
         return _mostly_fast(self._add_fast.get(command) if share is None else share)
 
-    def _submit_delete(self, ident: Ident, reason: str) -> Ticket:
+    def _submit_delete(self, ident: Ident, reason: str, operator: str | None = None) -> Ticket:
         fut = Ticket()
 
         def task() -> None:
             try:
-                fut.set_result(self._run_delete(ident, reason))
+                fut.set_result(self._run_delete(ident, reason, operator))
             except BaseException as exc:
                 log.exception("delete %s/%s: unexpected error", *ident)
                 fut.set_exception(exc)
@@ -1208,12 +1211,13 @@ class Executor:
             )
         return fut
 
-    def _submit_delete_chunk(self, idents: list[Ident], reason: str) -> list[Ticket]:
+    def _submit_delete_chunk(self, idents: list[Ident], reason: str,
+                             operator: str | None = None) -> list[Ticket]:
         futs = [Ticket() for _ in idents]
 
         def task() -> None:
             try:
-                results = self._run_delete_chunk(idents, reason)
+                results = self._run_delete_chunk(idents, reason, operator)
             except BaseException as exc:
                 log.exception("deleting %d entries: unexpected error", len(idents))
                 results = [exc] * len(idents)
@@ -1232,15 +1236,16 @@ class Executor:
                 )
         return futs
 
-    def _run_delete(self, ident: Ident, reason: str) -> Result:
+    def _run_delete(self, ident: Ident, reason: str, operator: str | None = None) -> Result:
         with self._locks.hold(ident):
-            undo = self._undo(ident, reason)
+            undo = self._undo(ident, reason, operator=operator)
             if undo.entry is None:
                 return undo.result
             retired = self.ledger.retire(undo.entry, only_if_unchanged=reason == "timeout")
             return self._after_undo(undo, retired)
 
-    def _run_delete_chunk(self, idents: list[Ident], reason: str) -> list[Result | BaseException]:
+    def _run_delete_chunk(self, idents: list[Ident], reason: str,
+                          operator: str | None = None) -> list[Result | BaseException]:
         """Undo many under all their locks: consecutive deletes of a responder that lifts in
         batches go to one ``delete_many`` call (one kernel transaction), the rest one by one;
         the log lines and audit records are written together, then one ledger transaction
@@ -1253,7 +1258,8 @@ class Executor:
                 entries = self.ledger.get_many(idents)
                 for ident in idents:
                     try:
-                        undos.append(self._undo_begin(ident, reason, entries.get(ident)))
+                        undos.append(self._undo_begin(ident, reason, entries.get(ident),
+                                                      operator=operator))
                     except Exception as exc:  # this one fails, the rest go on
                         log.exception("delete %s/%s: unexpected error", *ident)
                         undos.append(exc)
@@ -1325,16 +1331,18 @@ class Executor:
         return [self._undo_run(p) for p in group]
 
     def _undo(
-        self, ident: Ident, reason: str, entry: Entry | _Missing | None = _MISSING
+        self, ident: Ident, reason: str, entry: Entry | _Missing | None = _MISSING,
+        *, operator: str | None = None,
     ) -> _Undo:
         """The responder's delete and its log lines and audit record; the result's ``entry`` is
         set when the ledger row is to be retired (the caller holds the identity's lock).
         ``entry``: the row read under that lock already (None: there is none)."""
-        begun = self._undo_begin(ident, reason, entry)
+        begun = self._undo_begin(ident, reason, entry, operator=operator)
         return begun if isinstance(begun, _Undo) else self._undo_run(begun)
 
     def _undo_begin(
-        self, ident: Ident, reason: str, entry: Entry | _Missing | None = _MISSING
+        self, ident: Ident, reason: str, entry: Entry | _Missing | None = _MISSING,
+        *, operator: str | None = None,
     ) -> _Undo | _PendingUndo:
         """Everything before the responder's delete: the row, the refreshed-meanwhile check,
         the Starting lines. An _Undo when it ends here (gone, refreshed or failed)."""
@@ -1351,7 +1359,10 @@ class Executor:
             decoded: Request | None = entry.request()
         except StateError:
             decoded = None  # recorded as the delete's failure below
-        plan = _Plan(kind="delete", order=self._order_of(entry, decoded), key=key,
+        order = self._order_of(entry, decoded)
+        if operator is not None:
+            order = structs.replace(order, operator=operator)  # who lifted it, for the audit
+        plan = _Plan(kind="delete", order=order, key=key,
                      expires_at=entry.expires_at, offences=entry.offences)
         try:
             cmd = self.command(command)
@@ -1455,13 +1466,16 @@ class Executor:
 
     # -- operator actions ----------------------------------------------------------------
 
-    def release(self, key_or_order_id: str, command: str | None = None) -> list[Result]:
-        """Undo now what matches ``key_or_order_id`` (a key or an order id); wait for it."""
+    def release(self, key_or_order_id: str, command: str | None = None, *,
+                operator: str | None = None) -> list[Result]:
+        """Undo now what matches ``key_or_order_id`` (a key or an order id); wait for it.
+        ``operator``: who asked, recorded in the audit record of each undo."""
         entries = self.ledger.find(key_or_order_id, command)
         with self._cond:
             for entry in entries:
                 self._table.cancel(entry.ident)
-        return [t.result() for t in self._submit_deletes([e.ident for e in entries], "release")]
+        idents = [e.ident for e in entries]
+        return [t.result() for t in self._submit_deletes(idents, "release", operator)]
 
     # -- start and stop ------------------------------------------------------------------
 

@@ -209,7 +209,8 @@ class Service:
             self.ledger.close()
         if self._lock is not None:
             self._lock.release()
-        log.info("dfir-ar serve stopped (%s)", dict(self.counters) or "no alerts")
+            # Only a serve that ran says it stopped (one refused by the lock did not run).
+            log.info("dfir-ar serve stopped: %s", _counts(self.counters))
 
     # -- the source handler (seam A) -----------------------------------------------------
 
@@ -287,7 +288,7 @@ class Service:
             if command is not None and not isinstance(command, str):
                 raise UsageError("command must be a string")
             log.warning("release %s%s by %s", key, f" ({command})" if command else "", operator)
-            results = self.executor.release(key, command)
+            results = self.executor.release(key, command, operator=operator)
             return {"ok": all(r.ok for r in results), "found": len(results),
                     "results": [r.as_dict() for r in results]}
         raise UsageError(f"unknown control operation {op!r}")
@@ -307,6 +308,24 @@ class _Intake:
 
     def many(self, items: Sequence[Alert | Rejected], cursor: Cursor | None) -> None:
         self._service.handle_many(items, cursor)
+
+
+_COUNTED = (
+    ("alerts", "alert read", "alerts read"),
+    ("orders", "order", "orders"),
+    ("refused", "refused", "refused"),
+    ("not_here", "not for this host", "not for this host"),
+    ("rejected", "record rejected", "records rejected"),
+)
+
+
+def _counts(counters: Mapping[str, int]) -> str:
+    """The stop line's summary: ``3 alerts read, 2 orders, 1 refused`` (``no alerts read``)."""
+    parts = [f"{counters.get(key, 0)} {one if counters.get(key, 0) == 1 else many}"
+             for key, one, many in _COUNTED if counters.get(key, 0) or key == "alerts"]
+    parts += [f"{n} {key}" for key, n in sorted(counters.items())
+              if n and key not in {k for k, _, _ in _COUNTED}]
+    return ", ".join(parts) if counters.get("alerts", 0) or len(parts) > 1 else "no alerts read"
 
 
 def _result_response(result: Result) -> dict[str, Any]:

@@ -3,6 +3,7 @@ Wazuh can list or undo one: Wazuh #1491, #9425)."""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -78,7 +79,33 @@ def list_blocks(config_file: Path | None, as_json: bool) -> None:
         ["COMMAND", "KEY", "AGENT", "SINCE", "EXPIRES IN", "OFFENCES", "ORDER", "STATE"],
         rows,
         empty="nothing is blocked (the ledger is empty)",
+        # What an operator copies into `blocks release` or `run` is never cut; STATE says only
+        # an intent not yet applied (in flight, or left by a crash): shown when there is one.
+        whole=("COMMAND", "KEY", "ORDER"),
+        optional=("STATE",),
     )
+
+
+_LOOKS_LIKE_ADDRESS = re.compile(r"[0-9]+(\.[0-9]+)+")
+
+
+def _release_key(value: str) -> str:
+    """An address in the form the ledger keys it by (as `run --srcip` stores it:
+    ``2001:0db8:0::7`` -> ``2001:db8::7``); a user name or an order id as given.
+
+    A value with ':' (no user name, order id or plain file name has one) or made of dotted
+    numbers is an address, and one that does not parse is a usage error with the reason.
+    """
+    from dfir_ar.errors import DfirArError, UsageError
+    from dfir_ar.validate import parse_ip
+
+    if "/" in value or not (":" in value or _LOOKS_LIKE_ADDRESS.fullmatch(value)):
+        return value
+    try:
+        return str(parse_ip(value))
+    except DfirArError as exc:
+        reason = str(exc).removeprefix("srcip ")
+        raise UsageError(f"address {reason}") from None
 
 
 @blocks.command("release")
@@ -88,17 +115,25 @@ def list_blocks(config_file: Path | None, as_json: bool) -> None:
 @json_option
 def release(config_file: Path | None, key_or_order_id: str, command: str | None,
             as_json: bool) -> None:
-    """Undo now the response(s) whose key (address, user) or order id is KEY_OR_ORDER_ID."""
+    """Undo now the response(s) whose key (address, user) or order id is KEY_OR_ORDER_ID.
+
+    An address is matched in its canonical form, whatever way it is written (2001:0db8:0::7 is
+    2001:db8::7). Exit status: 0 released, 2 nothing matches (or a bad value), 5 an undo failed.
+    """
+    from dfir_ar.cli.common import local_operator, operator_name
     from dfir_ar.control import ServeNotRunning, request
     from dfir_ar.errors import UsageError
 
     config = load(config_file).config
     if len(key_or_order_id) > 256 or not key_or_order_id.strip():
         raise UsageError("KEY_OR_ORDER_ID must be an address, a user name or an order id")
+    key = _release_key(key_or_order_id)
     try:
         response = request(
             config.global_.socket_path,
-            {"op": "release", "key": key_or_order_id, "command": command},
+            # serve records the operator as "NAME (uid U, pid P)" from the kernel's peer
+            # credentials, as for `dfir-ar run`.
+            {"op": "release", "key": key, "command": command, "operator": operator_name()},
             timeout=None,
         )
         if "results" not in response:
@@ -113,7 +148,8 @@ def release(config_file: Path | None, key_or_order_id: str, command: str | None,
             ledger = Ledger.open(config.global_.state_dir)
             executor = Executor(config, ledger, protected=protected_networks(config))
             try:
-                results = [r.as_dict() for r in executor.release(key_or_order_id, command)]
+                results = [r.as_dict() for r in executor.release(key, command,
+                                                                 operator=local_operator())]
             finally:
                 executor.shutdown(lift=False)
                 ledger.close()
@@ -122,9 +158,11 @@ def release(config_file: Path | None, key_or_order_id: str, command: str | None,
     if as_json:
         print_json(results)
     if not results:
-        click.echo(f"dfir-ar: nothing in the ledger matches {key_or_order_id!r}"
-                   + (f" for command {command!r}" if command else ""), err=True)
-        sys.exit(1)
+        shown = repr(key) if key == key_or_order_id else f"{key_or_order_id!r} (that is, {key})"
+        click.echo(f"dfir-ar: error: nothing in the ledger matches {shown}"
+                   + (f" for command {command!r}" if command else "")
+                   + "; `dfir-ar blocks list` shows what is in place", err=True)
+        sys.exit(UsageError.exit_code)
     failed = [r for r in results if r.get("outcome") != "ok"]
     if not as_json:
         for r in results:

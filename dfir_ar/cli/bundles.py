@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dfir_ar.cli.common import config_option, json_option, print_json
+from dfir_ar.cli.common import config_option, json_option, plural, print_json
 from dfir_ar.errors import VerificationFailed
 
 if TYPE_CHECKING:
@@ -72,7 +72,8 @@ def verify(files: tuple[str, ...], key: Path | None, allow_unsigned: bool,
             if r.ok:
                 assert m is not None
                 click.echo(
-                    f"OK    {label}  collection {m.status.value}, {r.artifacts_checked} artifacts, "
+                    f"OK    {label}  collection {m.status.value}, "
+                    f"{plural(r.artifacts_checked, 'artifact')}, "
                     f"{r.bytes_checked} bytes checked, signature {r.signature}"
                 )
                 # The archive is intact; say what the collection itself did not get.

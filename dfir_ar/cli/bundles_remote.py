@@ -16,7 +16,15 @@ from typing import Any
 
 import click
 
-from dfir_ar.cli.common import config_option, json_option, load, print_json, print_table
+from dfir_ar.cli.common import (
+    config_option,
+    json_option,
+    load,
+    plural,
+    print_json,
+    print_table,
+    spooled_bundle,
+)
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -89,6 +97,24 @@ def _progress(label: str) -> Iterator[Callable[[int], Callable[[int], None]]]:
         yield factory
 
 
+@contextmanager
+def _spool_hint(config: Any, bundle_id: str) -> Iterator[None]:
+    """A bundle the store does not have may still sit in this host's spool (collected by a
+    `dfir-ar run` without serve, or waiting for the uploader): the error then says so."""
+    from dfir_ar.errors import StoreError
+
+    try:
+        yield
+    except StoreError as exc:
+        path = spooled_bundle(config, bundle_id)
+        if path is None:
+            raise
+        raise StoreError(
+            f"{exc}. It is in this host's spool, sealed but not uploaded yet ({path}): run "
+            "`dfir-ar bundles push` to upload it (a running serve uploads it by itself)"
+        ) from None
+
+
 @click.command("list", short_help="List bundles in the store (from manifests; filters; --json).")
 @config_option
 @click.option("--agent", metavar="ID", help="Only this agent's bundles (lists just its prefix).")
@@ -138,6 +164,7 @@ def list_cmd(
             for e in entries
         ],
         empty=f"no bundles in {store.url} match",
+        whole=("BUNDLE", "ALERT", "SRCIP"),
     )
     missing = [e.bundle_id for e in entries if e.archive_bytes is None]
     if missing:
@@ -194,7 +221,7 @@ def get_cmd(
 
     config, store = _store(config_file)
     key = public_key or config.evidence.verify_key
-    with _progress(f"get {bundle_id}") as factory:
+    with _progress(f"get {bundle_id}") as factory, _spool_hint(config, bundle_id):
         fetched = fetch_and_verify(
             store,
             bundle_id,
@@ -219,7 +246,8 @@ def get_cmd(
         )
         return
     click.echo(
-        f"bundle {fetched.entry.bundle_id}: verified ({report.artifacts_checked} artifacts, "
+        f"bundle {fetched.entry.bundle_id}: verified "
+        f"({plural(report.artifacts_checked, 'artifact')}, "
         f"signature {report.signature}, collection status {fetched.entry.status})"
     )
     click.echo(f"  archive:   {fetched.archive}")
@@ -313,6 +341,7 @@ def verify_targets(
 
     work: Path | None = None
     store: Any = None
+    config: Any = None
     targets: list[tuple[Path, list[str]]] = []
     try:
         for item in items:
@@ -325,10 +354,10 @@ def verify_targets(
                     f"{item!r} is neither a file nor a bundle id", param_hint="ID|FILE"
                 )
             if store is None:
-                _, store = _store(config_file)
+                config, store = _store(config_file)
                 work = Path(tempfile.mkdtemp(prefix="dfir-ar-verify-"))
             assert work is not None
-            with _progress(f"fetch {item}") as factory:
+            with _progress(f"fetch {item}") as factory, _spool_hint(config, item):
                 targets.append(fetch_for_verify(store, item, work, progress_factory=factory))
         yield targets
     finally:

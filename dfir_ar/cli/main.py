@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from dfir_ar import __version__
-from dfir_ar.errors import DfirArError
+from dfir_ar.errors import DfirArError, StateError
 
 # name -> (module, attribute, one-line help shown in --help without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -70,6 +70,22 @@ def cli() -> None:
     """
 
 
+_NOT_ROOT_HINT = "; dfir-ar's state is root-only: run as root"
+
+
+def _not_root() -> bool:
+    import os
+
+    return os.geteuid() != 0
+
+
+def permission_message(exc: PermissionError) -> str:
+    """One line for a file dfir-ar may not read or write: its state (ledger, spool, control
+    socket) is root-only, so a non-root user is told to run as root; no traceback."""
+    what = exc.filename if exc.filename is not None else exc.strerror or str(exc)
+    return f"{what}: permission denied" + (_NOT_ROOT_HINT if _not_root() else "")
+
+
 def main(argv: list[str] | None = None) -> Any:
     if argv is None and sys.argv and not sys.argv[0].endswith("dfir-ar"):
         from dfir_ar.cli.wazuh_ar import link_main  # exec'ed as active-response/bin/<plug-in>
@@ -84,7 +100,13 @@ def main(argv: list[str] | None = None) -> Any:
         exc.show()
         sys.exit(exc.exit_code)
     except DfirArError as exc:
-        click.echo(f"dfir-ar: error: {exc}", err=True)
+        text = str(exc)
+        if isinstance(exc, StateError) and isinstance(exc.__context__, PermissionError):
+            text += _NOT_ROOT_HINT if _not_root() else ""  # e.g. the state lock, as non-root
+        click.echo(f"dfir-ar: error: {text}", err=True)
         sys.exit(exc.exit_code)
+    except PermissionError as exc:
+        click.echo(f"dfir-ar: error: {permission_message(exc)}", err=True)
+        sys.exit(StateError.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -95,7 +95,8 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
         )
         for i in infos
     ]
-    print_table(("NAME", "KIND", "AVAILABLE", "EXPECTS", "SUMMARY / WHY UNAVAILABLE"), rows)
+    print_table(("NAME", "KIND", "AVAILABLE", "EXPECTS", "SUMMARY / WHY UNAVAILABLE"), rows,
+                whole=("NAME",))
 
 
 @plugins.command()

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import getpass
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from dfir_ar.cli.common import config_option, load, print_json, setup_logging
+from dfir_ar.cli.common import (
+    config_option,
+    load,
+    local_operator,
+    operator_name,
+    print_json,
+    setup_logging,
+    spooled_bundle,
+)
+from dfir_ar.config.models import Config
 from dfir_ar.errors import UsageError
-
-
-def _operator() -> str:
-    import os
-
-    try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "?"
 
 
 def _exit_code(result: dict[str, object]) -> int:
@@ -97,10 +96,11 @@ def run(
         )
     if not local:
         raise UsageError("say where to run it: --local (this host)")
-    config = load(config_file).config
+    loaded = load(config_file)
+    config = loaded.config
     from dfir_ar.control import ServeNotRunning, manual_order, request
 
-    operator = _operator()
+    operator = operator_name()
     # Validate here first: a bad value is reported without touching serve or the ledger.
     manual_order(config, command, srcip=srcip, user=user, timeout=timeout, operator=operator)
     message = {"op": "run", "command": command, "srcip": srcip, "user": user,
@@ -108,14 +108,21 @@ def run(
     try:
         response = request(config.global_.socket_path, message, timeout=None if wait else 30.0)
     except ServeNotRunning:
-        result = _run_in_process(config, command, srcip, user, timeout, operator)
+        result = _run_in_process(config, command, srcip, user, timeout, local_operator())
         _print(result, as_json)
+        _say_if_in_spool(config, result, as_json)
         sys.exit(_exit_code(result))
     if "result" not in response:
         if not response.get("ok"):
             code = response.get("exit_code")
-            click.echo(f"dfir-ar: error: {response.get('error') or 'serve refused the request'}",
-                       err=True)
+            error = str(response.get("error") or "serve refused the request")
+            if error.startswith(f"no [[command]] named {command!r}"):
+                # This process found the command in the file; serve did not: it still runs
+                # the config it read when it started (there is no reload).
+                error = (f"the running serve has no [[command]] named {command!r}, but "
+                         f"{loaded.path} has one: serve runs an older config (it reads the "
+                         "file only at start); restart serve to apply config changes")
+            click.echo(f"dfir-ar: error: {error}", err=True)
             sys.exit(code if isinstance(code, int) and 0 < code < 100 else 1)
         if as_json:
             print_json(response)
@@ -134,25 +141,42 @@ def _print(result: dict[str, object], as_json: bool) -> None:
         click.echo(_describe(result))
 
 
+def _say_if_in_spool(config: Config, result: dict[str, object], as_json: bool) -> None:
+    """Run here (no serve), a collection's bundle is sealed in the spool and nobody uploads
+    it until `dfir-ar bundles push` or the next serve: say so, or `bundles get ID` looks lost."""
+    details = result.get("details")
+    bundle_id = details.get("bundle_id") if isinstance(details, dict) else None
+    if not isinstance(bundle_id, str):
+        return
+    path = spooled_bundle(config, bundle_id)
+    if path is None:
+        return
+    click.echo(
+        f"{'dfir-ar: note: ' if as_json else '  '}bundle {bundle_id} is sealed in the spool "
+        f"({path.parent}), not uploaded yet: run `dfir-ar bundles push` (a running serve "
+        "uploads it by itself)",
+        err=as_json,
+    )
+
+
 def _run_in_process(
-    config: object, command: str, srcip: str | None, user: str | None,
+    config: Config, command: str, srcip: str | None, user: str | None,
     timeout: float | None, operator: str,
 ) -> dict[str, object]:
-    from dfir_ar.config.models import Config
     from dfir_ar.control import manual_order
     from dfir_ar.executor import Executor, protected_networks
     from dfir_ar.ledger import Ledger, StateLock
 
-    assert isinstance(config, Config)
     order = manual_order(config, command, srcip=srcip, user=user, timeout=timeout,
                          operator=operator)
-    click.echo(
-        "dfir-ar: warning: no dfir-ar serve is running; executing here. Any timeout is recorded "
-        "in the ledger and the undo is run by the next `dfir-ar serve`.",
-        err=True,
-    )
     lock = StateLock(config.global_.state_dir).acquire(f"run {command}")
     try:
+        # After the lock: a run that cannot take it (not root, another process) says only why.
+        click.echo(
+            "dfir-ar: warning: no dfir-ar serve is running; executing here. Any timeout is "
+            "recorded in the ledger and the undo is run by the next `dfir-ar serve`.",
+            err=True,
+        )
         ledger = Ledger.open(config.global_.state_dir)
         executor = Executor(config, ledger, protected=protected_networks(config))
         try:

@@ -284,6 +284,7 @@ def simulate(
         ["alert", "rule", "level", "srcip", "binding", "command", "where", "verdict"],
         [r.cells() for r in rows],
         empty="no alerts in the input",
+        whole=("alert", "srcip", "command"),
     )
     click.echo(
         f"{summary['records']} record(s): {summary['fires']} response(s) would fire, "

@@ -187,7 +187,7 @@ def test_run_local_without_serve_hands_the_timeout_to_the_next_serve(tmp_path: P
 
 def test_run_local_and_blocks_through_a_running_serve(tmp_path: Path) -> None:
     setup = make_setup(tmp_path, timeout=60)
-    with serving(setup, follow_alerts=False):
+    with serving(setup, follow_alerts=False) as serve:
         done = setup.cli("run", "host-deny", "--local", "--srcip", "203.0.113.31", "--wait")
         assert done.returncode == 0, done.stderr
         assert "no dfir-ar serve" not in done.stderr
@@ -206,10 +206,40 @@ def test_run_local_and_blocks_through_a_running_serve(tmp_path: Path) -> None:
         assert released.returncode == 0, released.stderr
         assert "released" in released.stdout
         assert setup.deny_lines() == []
+        # Who released it is recorded, as for `run`: the name and the kernel's uid and pid.
+        [lifted] = [r for r in setup.audit() if r["action"] == "delete"]
+        assert re.fullmatch(r"\S+ \(uid \d+, pid \d+\)", str(lifted["operator"])), lifted
+        assert f"release 203.0.113.31 by {lifted['operator']}" in serve.log()
+        # An address in another form finds the same entry (serve is given the canonical one).
+        setup.cli("run", "host-deny", "--local", "--srcip", "2001:db8::7", "--wait")
+        again = setup.cli("blocks", "release", "2001:0db8:0::7")
+        assert again.returncode == 0 and "host-deny 2001:db8::7: released" in again.stdout
         missing = setup.cli("blocks", "release", "203.0.113.99")
-        assert missing.returncode == 1
+        assert missing.returncode == 2 and "nothing in the ledger matches" in missing.stderr
+        missing_json = setup.cli("blocks", "release", "203.0.113.99", "--json")
+        assert missing_json.returncode == 2 and json.loads(missing_json.stdout) == []
     fleet = setup.cli("run", "host-deny", "--agent", "001", "--srcip", "203.0.113.9")
     assert fleet.returncode == 2 and "fleet mode" in fleet.stderr
+
+
+def test_run_of_a_command_added_after_serve_started_says_restart_serve(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, timeout=60)
+    with serving(setup, follow_alerts=False) as serve:
+        # The file gains a command while serve runs: serve still has the config it started with.
+        newer = tmp_path / "newer.toml"
+        newer.write_text(setup.config.read_text() + '\n[[command]]\nname = "deny-later"\n'
+                         'executable = "host-deny"\nexpect = ["srcip"]\n')
+        done = setup.cli("run", "deny-later", "--local", "--srcip", "203.0.113.34", "--wait",
+                         "-c", str(newer))
+        assert done.returncode == 2, done.stderr
+        assert "serve runs an older config" in done.stderr
+        assert "restart serve to apply config changes" in done.stderr
+        assert str(newer) in done.stderr
+        # A name in neither: the plain "no such command" with the names configured.
+        typo = setup.cli("run", "deny-latr", "--local", "--srcip", "203.0.113.34")
+        assert typo.returncode == 2 and "older config" not in typo.stderr
+        assert serve.terminate() == 0
+        assert "dfir-ar serve stopped: no alerts read" in serve.log()
 
 
 def test_bad_config_exits_2_and_starts_nothing(tmp_path: Path) -> None:
@@ -236,6 +266,7 @@ def test_control_socket_is_0600_and_serves_root_only(tmp_path: Path) -> None:
         assert second.returncode == 6, second.stderr
         assert "in use by another dfir-ar process" in second.stderr
         assert "reconcile" not in second.stderr
+        assert "serve stopped" not in second.stderr  # it never ran; the first one still does
 
 
 _PROBE = (
