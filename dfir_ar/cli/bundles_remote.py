@@ -24,6 +24,7 @@ from dfir_ar.cli.common import (
     print_json,
     print_table,
     spooled_bundle,
+    spooled_ids,
 )
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -140,12 +141,13 @@ def list_cmd(
     """
     from dfir_ar.evidence.retrieve import Filter, list_bundles
 
-    _, store = _store(config_file)
+    config, store = _store(config_file)
     entries = list_bundles(
         store, Filter(agent=agent, rule=rule, alert=alert, since=since, until=until)
     )
     if as_json:
         print_json([e.to_json() for e in entries])
+        _note_spooled(config)
         return
     print_table(
         ["BUNDLE", "CREATED (UTC)", "AGENT", "RULE", "ALERT", "SRCIP", "STATUS", "COLLECTORS", "SIZE"],
@@ -171,6 +173,21 @@ def list_cmd(
         click.echo(
             f"dfir-ar: warning: {len(missing)} manifest(s) without their bundle in the store "
             f"(deleted, or an upload still under way): {', '.join(missing[:5])}",
+            err=True,
+        )
+    _note_spooled(config)
+
+
+def _note_spooled(config: Any) -> None:
+    """Bundles this host sealed but has not uploaded are not in the store's listing yet: say so
+    (on stderr, so --json stays one document), or a fresh `run`'s evidence looks lost."""
+    waiting = spooled_ids(config)
+    if waiting:
+        more = ", ..." if len(waiting) > 3 else ""
+        click.echo(
+            f"dfir-ar: note: {plural(len(waiting), 'bundle')} sealed in this host's spool, not "
+            f"uploaded yet ({', '.join(waiting[:3])}{more}): `dfir-ar bundles push` uploads "
+            "them (a running serve does it by itself)",
             err=True,
         )
 

@@ -142,6 +142,22 @@ def spooled_bundle(config: Config, bundle_id: str) -> Path | None:
         return None
 
 
+def spooled_ids(config: Config) -> list[str]:
+    """Ids of the sealed bundles in this host's spool that are not uploaded yet (a collection
+    `dfir-ar run` made without serve, or one waiting for the store), oldest first."""
+    from dfir_ar.evidence.stores.base import MANIFEST_SUFFIX
+    from dfir_ar.ids import is_id
+
+    try:
+        names = os.listdir(config.spool_dir / "ready")
+    except OSError:
+        return []
+    return sorted(
+        n.removesuffix(MANIFEST_SUFFIX) for n in names
+        if n.endswith(MANIFEST_SUFFIX) and is_id(n.removesuffix(MANIFEST_SUFFIX))
+    )
+
+
 def plural(count: int, word: str, words: str | None = None) -> str:
     """``1 artifact``, ``2 artifacts``."""
     return f"{count} {word if count == 1 else (words or word + 's')}"

@@ -95,3 +95,23 @@ def test_one_artifact_is_said_in_the_singular(
     assert ", 1 artifact, " in verified.stdout
     assert "1 artifacts" not in got.stdout + verified.stdout
     assert os.path.exists(archive)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_bundles_list_names_what_waits_in_the_spool(
+    config: Config, config_file: Path, as_json: bool
+) -> None:
+    uploaded = make_bundle(config.spool_dir, alert_id="1795334410.4000")
+    upload(config)
+    waiting = make_bundle(config.spool_dir, alert_id="1795334410.4001")  # `run` without serve
+    listed = CliRunner().invoke(
+        cli, ["bundles", "list", "-c", str(config_file)] + (["--json"] if as_json else [])
+    )
+    assert listed.exit_code == 0, listed.output
+    assert uploaded.bundle_id in listed.stdout and waiting.bundle_id not in listed.stdout
+    assert f"1 bundle sealed in this host's spool, not uploaded yet ({waiting.bundle_id})" \
+        in listed.stderr
+    assert "`dfir-ar bundles push`" in listed.stderr
+    upload(config)
+    again = CliRunner().invoke(cli, ["bundles", "list", "-c", str(config_file)])
+    assert waiting.bundle_id in again.stdout and "spool" not in again.stderr
