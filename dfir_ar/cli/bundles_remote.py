@@ -248,6 +248,8 @@ def get_cmd(
             extract=not no_extract,
             agent=agent,
             progress_factory=factory,
+            # This fleet's own cap on one bundle: what its agents may collect is extractable.
+            max_extract=config.evidence.max_bundle_mb * 1024 * 1024,
         )
     report = fetched.report
     if as_json:

@@ -460,7 +460,8 @@ def _check_room(artifacts: Any, out_dir: Path, limit: int, bundle_id: str) -> No
     if total > limit:
         raise VerificationFailed(
             f"bundle {bundle_id}: its artifacts add up to {total} bytes, over the extraction "
-            f"limit of {limit} bytes; nothing was extracted (--no-extract keeps the archive)"
+            f"limit of {limit} bytes (evidence.max_bundle_mb); nothing was extracted "
+            "(--no-extract keeps the archive; raise max_bundle_mb if this bundle is expected)"
         )
     try:
         st = os.statvfs(out_dir)

@@ -13,7 +13,7 @@ from rich.console import Console
 from dfir_ar.cli import common
 from dfir_ar.cli.main import cli
 from dfir_ar.config.models import Config
-from dfir_ar.errors import StoreError
+from dfir_ar.errors import StoreError, VerificationFailed
 from dfir_ar.evidence.spool import Uploader
 from tests.storage.conftest import make_bundle, make_config, write_config_file
 
@@ -115,3 +115,28 @@ def test_bundles_list_names_what_waits_in_the_spool(
     upload(config)
     again = CliRunner().invoke(cli, ["bundles", "list", "-c", str(config_file)])
     assert waiting.bundle_id in again.stdout and "spool" not in again.stderr
+
+
+@pytest.mark.parametrize("max_mb", [1, 8])
+def test_bundles_get_extracts_up_to_the_configured_bundle_cap(
+    tmp_path: Path, max_mb: int
+) -> None:
+    """`bundles get` refuses to expand more than evidence.max_bundle_mb (a small archive can
+    claim gigabytes), and takes what this fleet's agents may collect when the cap is raised."""
+    config = make_config(tmp_path, store=f"file://{tmp_path / 'store'}", max_bundle_mb=max_mb)
+    config_file = write_config_file(tmp_path / "dfir-ar.toml", config)
+    bundle = make_bundle(config.spool_dir, size=3 * 1024 * 1024)
+    upload(config)
+    out = tmp_path / "case"
+    got = CliRunner().invoke(cli, ["bundles", "get", bundle.bundle_id, "--allow-unsigned",
+                                   "-o", str(out), "-c", str(config_file)])
+    if max_mb == 1:
+        assert isinstance(got.exception, VerificationFailed), got.output
+        assert VerificationFailed.exit_code == 7
+        assert "over the extraction limit of 1048576 bytes (evidence.max_bundle_mb)" \
+            in str(got.exception)
+        assert not (out / bundle.bundle_id).exists()
+    else:
+        assert got.exit_code == 0, got.output
+        extracted = out / bundle.bundle_id / "artifacts"
+        assert sum(f.stat().st_size for f in extracted.rglob("*") if f.is_file()) >= 3 << 20
