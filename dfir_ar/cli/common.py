@@ -145,17 +145,13 @@ def spooled_bundle(config: Config, bundle_id: str) -> Path | None:
 def spooled_ids(config: Config) -> list[str]:
     """Ids of the sealed bundles in this host's spool that are not uploaded yet (a collection
     `dfir-ar run` made without serve, or one waiting for the store), oldest first."""
-    from dfir_ar.evidence.stores.base import MANIFEST_SUFFIX
-    from dfir_ar.ids import is_id
+    from dfir_ar.errors import StateError
+    from dfir_ar.evidence.spool import ready_entries
 
     try:
-        names = os.listdir(config.spool_dir / "ready")
-    except OSError:
-        return []
-    return sorted(
-        n.removesuffix(MANIFEST_SUFFIX) for n in names
-        if n.endswith(MANIFEST_SUFFIX) and is_id(n.removesuffix(MANIFEST_SUFFIX))
-    )
+        return [e.bundle_id for e in ready_entries(config.spool_dir / "ready")]
+    except StateError:
+        return []  # only a hint: an unreadable spool is reported by push and serve
 
 
 def plural(count: int, word: str, words: str | None = None) -> str:

@@ -209,6 +209,32 @@ class Uploaded:
     stats: UploadStats
 
 
+def ready_entries(ready_dir: Path) -> list[SpoolEntry]:
+    """The sealed bundles waiting in ``ready_dir`` (``<spool_dir>/ready``), oldest first (ids
+    sort by time); a manifest is the "ready" mark. StateError if the directory is unreadable."""
+    try:
+        names = os.listdir(ready_dir)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StateError(f"cannot read the spool {ready_dir}: {exc.strerror}") from None
+    entries = []
+    for name in sorted(names):
+        if not name.endswith(MANIFEST_SUFFIX):
+            continue
+        bundle_id = name.removesuffix(MANIFEST_SUFFIX)
+        if not is_id(bundle_id):
+            continue
+        entries.append(
+            SpoolEntry(
+                bundle_id=bundle_id,
+                bundle=ready_dir / (bundle_id + BUNDLE_SUFFIX),
+                manifest=ready_dir / name,
+            )
+        )
+    return entries
+
+
 class Uploader:
     """Seam C: drains ``<spool_dir>/ready/`` into the configured store."""
 
@@ -253,27 +279,7 @@ class Uploader:
 
     def pending(self) -> list[SpoolEntry]:
         """Sealed bundles waiting, oldest first (ids sort by time)."""
-        try:
-            names = os.listdir(self.ready_dir)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise StateError(f"cannot read the spool {self.ready_dir}: {exc.strerror}") from None
-        entries = []
-        for name in sorted(names):
-            if not name.endswith(MANIFEST_SUFFIX):
-                continue
-            bundle_id = name.removesuffix(MANIFEST_SUFFIX)
-            if not is_id(bundle_id):
-                continue
-            entries.append(
-                SpoolEntry(
-                    bundle_id=bundle_id,
-                    bundle=self.ready_dir / (bundle_id + BUNDLE_SUFFIX),
-                    manifest=self.ready_dir / name,
-                )
-            )
-        return entries
+        return ready_entries(self.ready_dir)
 
     def drain_once(self) -> int:
         """Upload every ready bundle; returns how many left the spool.
